@@ -1,0 +1,172 @@
+"""Packed attention behind one function, three backends.
+
+Every pattern loom needs — training packs with causal / full / noise splits, KV-cached prefill and decoding,
+and several CFG branches batched into one varlen pass — is described by per-token metadata (`MaskSpec`):
+
+    allowed(q, k) = doc(q) == doc(k)
+                    AND ( pos(k) <= pos(q)  OR  (split(k) == split(q) AND q's split is full/noise) )
+                    AND NOT ( k is in a noise split AND split(k) != split(q) )
+
+`pos` is the index inside the document's key sequence (cached keys first), so a query block appended after a
+cache sees the whole prefix — flash-attn's bottom-right causal alignment. This is bagel-spec §3.4 (flex path).
+
+Backends: `sdpa` (explicit dense boolean mask; CPU and tests), `flex` (block mask, GPU default) and `flash`
+(flash-attn varlen, when installed; only for specs where each document is one causal or one full block,
+which is every inference pass). They agree within float tolerance (tests/model/test_attention.py).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import Tensor
+
+MODE_CAUSAL, MODE_FULL, MODE_NOISE = 0, 1, 2
+MODE_IDS = {"causal": MODE_CAUSAL, "full": MODE_FULL, "noise": MODE_NOISE}
+
+
+@dataclass
+class MaskSpec:
+    """Token metadata for queries [Lq] and keys [Lk]. Split ids are global (unique across documents)."""
+
+    q_doc: Tensor
+    q_pos: Tensor
+    q_split: Tensor
+    q_mode: Tensor
+    k_doc: Tensor
+    k_pos: Tensor
+    k_split: Tensor
+    k_noise: Tensor  # bool: key belongs to a noise split
+
+    def dense(self) -> Tensor:
+        """Boolean [Lq, Lk] mask, True = may attend."""
+        same_doc = self.q_doc[:, None] == self.k_doc[None, :]
+        earlier = self.k_pos[None, :] <= self.q_pos[:, None]
+        same_split = self.q_split[:, None] == self.k_split[None, :]
+        bidir = (self.q_mode != MODE_CAUSAL)[:, None] & same_split
+        hidden = self.k_noise[None, :] & ~same_split
+        return same_doc & (earlier | bidir) & ~hidden
+
+    def to(self, device: torch.device | str) -> MaskSpec:
+        return MaskSpec(*(getattr(self, f).to(device) for f in self.__dataclass_fields__))
+
+    def varlen_layout(self) -> tuple[Tensor, Tensor, int, int, bool] | None:
+        """(cu_q, cu_k, max_q, max_k, causal) when every document is one causal or one full query block
+        appended at the end of its keys and no noise keys exist — the only shapes flash-attn varlen can express."""
+        if bool(self.k_noise.any()):
+            return None
+        docs_q, counts_q = torch.unique_consecutive(self.q_doc, return_counts=True)
+        docs_k, counts_k = torch.unique_consecutive(self.k_doc, return_counts=True)
+        if docs_q.numel() != docs_k.numel() or not torch.equal(docs_q, docs_k):
+            return None
+        modes = self.q_mode.unique()
+        if modes.numel() != 1:
+            return None
+        causal = int(modes) == MODE_CAUSAL
+        if not causal and self.q_split.unique_consecutive().numel() != docs_q.numel():
+            return None  # a full document must be one split
+        cu_q = F.pad(counts_q.cumsum(0), (1, 0)).to(torch.int32)
+        cu_k = F.pad(counts_k.cumsum(0), (1, 0)).to(torch.int32)
+        return cu_q, cu_k, int(counts_q.max()), int(counts_k.max()), causal
+
+
+def spec_from_splits(sample_lens: list[int], split_lens: list[int], attn_modes: list[str],
+                     device: torch.device | str = "cpu") -> MaskSpec:
+    """MaskSpec of a training pack (queries = keys = the whole pack)."""
+    doc = torch.repeat_interleave(torch.arange(len(sample_lens)), torch.tensor(sample_lens))
+    starts = torch.tensor([0] + list(sample_lens[:-1])).cumsum(0)
+    pos = torch.arange(int(sum(sample_lens))) - torch.repeat_interleave(starts, torch.tensor(sample_lens))
+    split = torch.repeat_interleave(torch.arange(len(split_lens)), torch.tensor(split_lens))
+    mode_per_split = torch.tensor([MODE_IDS[m] for m in attn_modes])
+    mode = mode_per_split[split]
+    spec = MaskSpec(doc, pos, split, mode, doc, pos, split, mode == MODE_NOISE)
+    return spec.to(device)
+
+
+def _repeat_kv(x: Tensor, group: int) -> Tensor:
+    # query head h uses KV head h // group (official GQA convention)
+    return x if group == 1 else x.repeat_interleave(group, dim=1)
+
+
+def attention_sdpa(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
+    """q [Lq, H, d], k/v [Lk, Hkv, d] → [Lq, H, d]. Dense mask; rows with no allowed key give zeros."""
+    group = q.shape[1] // k.shape[1]
+    mask = spec.dense()
+    out = F.scaled_dot_product_attention(
+        q.transpose(0, 1)[None], _repeat_kv(k, group).transpose(0, 1)[None],
+        _repeat_kv(v, group).transpose(0, 1)[None], attn_mask=mask[None, None],
+    )
+    return out[0].transpose(0, 1)
+
+
+_flex_compiled = None
+
+
+def attention_flex(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, block_size: int = 128) -> Tensor:
+    """Flex attention with a block mask built from the same MaskSpec (sparse: skips fully masked blocks)."""
+    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+
+    global _flex_compiled
+    if _flex_compiled is None:
+        _flex_compiled = torch.compile(flex_attention, dynamic=False) if q.is_cuda else flex_attention
+    lq, lk = q.shape[0], k.shape[0]
+    pq, pk = (-lq) % block_size, (-lk) % block_size
+    # padding keys/queries get a private document id so they never mix with real tokens
+    qd = F.pad(spec.q_doc, (0, pq), value=-1)
+    kd = F.pad(spec.k_doc, (0, pk), value=-2)
+    qp, kp = F.pad(spec.q_pos, (0, pq)), F.pad(spec.k_pos, (0, pk))
+    qs, ks = F.pad(spec.q_split, (0, pq), value=-1), F.pad(spec.k_split, (0, pk), value=-2)
+    qm = F.pad(spec.q_mode, (0, pq))
+    kn = F.pad(spec.k_noise, (0, pk))
+
+    def mask_mod(b, h, qi, ki):
+        same_split = qs[qi] == ks[ki]
+        ok = (kp[ki] <= qp[qi]) | ((qm[qi] != MODE_CAUSAL) & same_split)
+        return (qd[qi] == kd[ki]) & ok & ~(kn[ki] & ~same_split) | ((qd[qi] == -1) & (ki == 0))
+
+    bm = create_block_mask(mask_mod, None, None, lq + pq, lk + pk, device=q.device, BLOCK_SIZE=block_size)
+    qq = F.pad(q, (0, 0, 0, 0, 0, pq)).transpose(0, 1)[None]
+    kk = F.pad(k, (0, 0, 0, 0, 0, pk)).transpose(0, 1)[None]
+    vv = F.pad(v, (0, 0, 0, 0, 0, pk)).transpose(0, 1)[None]
+    out = _flex_compiled(qq, kk, vv, block_mask=bm, enable_gqa=q.shape[1] != k.shape[1])
+    return out[0].transpose(0, 1)[:lq]
+
+
+def flash_available() -> bool:
+    try:
+        import flash_attn  # noqa: F401
+    except ImportError:
+        return False
+    return torch.cuda.is_available()
+
+
+def attention_flash(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
+    from flash_attn import flash_attn_varlen_func
+
+    layout = spec.varlen_layout()
+    if layout is None:
+        raise ValueError("flash-attn varlen cannot express this mask (noise splits or mixed modes); use flex or sdpa")
+    cu_q, cu_k, mq, mk, causal = layout
+    return flash_attn_varlen_func(q, k, v, cu_q.to(q.device), cu_k.to(q.device), mq, mk, causal=causal)
+
+
+BACKENDS = ("sdpa", "flex", "flash")
+
+
+def default_backend(device: torch.device) -> str:
+    return "flex" if device.type == "cuda" else "sdpa"
+
+
+def attention(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, backend: str = "sdpa") -> Tensor:
+    """Joint attention over a packed sequence. q [Lq, H, d]; k, v [Lk, Hkv, d]; returns [Lq, H, d]."""
+    if backend == "sdpa":
+        return attention_sdpa(q, k, v, spec)
+    if backend == "flex":
+        return attention_flex(q, k, v, spec)
+    if backend == "flash":
+        if spec.varlen_layout() is None:  # training packs with noise splits: fall back, same numbers
+            return attention_flex(q, k, v, spec) if q.is_cuda else attention_sdpa(q, k, v, spec)
+        return attention_flash(q, k, v, spec)
+    raise ValueError(f"unknown attention backend {backend!r}; choose one of {BACKENDS}")

@@ -1,0 +1,148 @@
+"""Mixture-of-Transformers decoder layer (BAGEL's `Qwen2MoTDecoderLayer`) and its dense twin.
+
+Every token goes through exactly one expert — understanding (text, markers, ViT tokens: the original Qwen
+weights) or generation (VAE latent tokens: the `*_moe_gen` twins) — for its norms, q/k/v/o projections,
+q/k-norms and MLP, while attention is ONE softmax over the whole packed sequence (bagel-spec §2.3).
+Parameter names match the release's `ema.safetensors` exactly.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from torch import Tensor, nn
+
+from .attention import MaskSpec, attention
+from .configs import LLMConfig
+from .layers import RMSNorm, SwiGLU, apply_rope
+
+
+@dataclass
+class Routing:
+    """Which rows of a packed hidden state go to which expert. `gen_idx` empty ⇒ all understanding."""
+
+    und_idx: Tensor  # [N_und] int64
+    gen_idx: Tensor  # [N_gen] int64
+    length: int
+
+    @classmethod
+    def from_gen_mask(cls, gen_mask: Tensor) -> Routing:
+        return cls(torch.nonzero(~gen_mask).squeeze(1), torch.nonzero(gen_mask).squeeze(1), int(gen_mask.numel()))
+
+    def apply(self, x: Tensor, f_und, f_gen) -> Tensor:
+        """out[und] = f_und(x[und]); out[gen] = f_gen(x[gen]) (cheap path when one side is empty)."""
+        if self.gen_idx.numel() == 0:
+            return f_und(x)
+        if self.und_idx.numel() == 0:
+            return f_gen(x)
+        yu, yg = f_und(x[self.und_idx]), f_gen(x[self.gen_idx])
+        out = yu.new_empty((self.length, *yu.shape[1:]))
+        out[self.und_idx] = yu
+        out[self.gen_idx] = yg.to(yu.dtype)
+        return out
+
+
+@dataclass
+class KVMerge:
+    """How a query block's new K/V interleave with cached K/V: keys = [past_0, new_0, past_1, new_1, …]."""
+
+    past_idx: Tensor  # [Lpast] positions of cached keys in the merged key sequence
+    new_idx: Tensor  # [Lq] positions of the new keys
+    length: int
+
+
+class Attention(nn.Module):
+    def __init__(self, cfg: LLMConfig, mot: bool) -> None:
+        super().__init__()
+        d, h, hkv = cfg.head_dim, cfg.num_attention_heads, cfg.num_key_value_heads
+        self.num_heads, self.num_kv_heads, self.head_dim = h, hkv, d
+        self.mot = mot
+        suffixes = ["", "_moe_gen"] if mot else [""]
+        for s in suffixes:
+            setattr(self, f"q_proj{s}", nn.Linear(cfg.hidden_size, h * d, bias=cfg.attention_bias))
+            setattr(self, f"k_proj{s}", nn.Linear(cfg.hidden_size, hkv * d, bias=cfg.attention_bias))
+            setattr(self, f"v_proj{s}", nn.Linear(cfg.hidden_size, hkv * d, bias=cfg.attention_bias))
+            setattr(self, f"o_proj{s}", nn.Linear(h * d, cfg.hidden_size, bias=False))
+            if cfg.qk_norm:
+                setattr(self, f"q_norm{s}", RMSNorm(d, cfg.rms_norm_eps))
+                setattr(self, f"k_norm{s}", RMSNorm(d, cfg.rms_norm_eps))
+        self.qk_norm = cfg.qk_norm
+
+    def _qkv(self, x: Tensor, s: str) -> Tensor:
+        n = x.shape[0]
+        q = getattr(self, f"q_proj{s}")(x).view(n, self.num_heads, self.head_dim)
+        k = getattr(self, f"k_proj{s}")(x).view(n, self.num_kv_heads, self.head_dim)
+        v = getattr(self, f"v_proj{s}")(x).view(n, self.num_kv_heads, self.head_dim)
+        if self.qk_norm:  # RMSNorm over the head dim, before RoPE
+            q, k = getattr(self, f"q_norm{s}")(q), getattr(self, f"k_norm{s}")(k)
+        return torch.cat([q, k, v], dim=1)
+
+    def forward(self, x: Tensor, route: Routing, cos: Tensor, sin: Tensor, spec: MaskSpec, backend: str,
+                past: tuple[Tensor, Tensor] | None = None, merge: KVMerge | None = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        """x [L, D] → (out [L, D], (k, v) of these L tokens [L, Hkv, d] post-norm post-RoPE, for the cache)."""
+        gen = "_moe_gen" if self.mot else ""
+        qkv = route.apply(x, lambda t: self._qkv(t, ""), lambda t: self._qkv(t, gen))
+        h, hkv = self.num_heads, self.num_kv_heads
+        q, k, v = qkv[:, :h], qkv[:, h:h + hkv], qkv[:, h + hkv:]
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        k_all, v_all = k, v
+        if past is not None and merge is not None:
+            k_all = k.new_empty((merge.length, hkv, self.head_dim))
+            v_all = v.new_empty((merge.length, hkv, self.head_dim))
+            k_all[merge.past_idx], v_all[merge.past_idx] = past[0].to(k.dtype), past[1].to(v.dtype)
+            k_all[merge.new_idx], v_all[merge.new_idx] = k, v
+        o = attention(q, k_all, v_all, spec, backend).reshape(x.shape[0], h * self.head_dim)
+        out = route.apply(o, self.o_proj, getattr(self, f"o_proj{gen}"))
+        return out, (k, v)
+
+
+class DecoderLayer(nn.Module):
+    """Pre-norm Qwen2 layer; with `mot=True` every norm, projection and MLP has a generation-expert twin."""
+
+    def __init__(self, cfg: LLMConfig, mot: bool = True) -> None:
+        super().__init__()
+        self.mot = mot
+        self.self_attn = Attention(cfg, mot)
+        self.mlp = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+        self.input_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        self.post_attention_layernorm = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+        if mot:
+            self.mlp_moe_gen = SwiGLU(cfg.hidden_size, cfg.intermediate_size)
+            self.input_layernorm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+            self.post_attention_layernorm_moe_gen = RMSNorm(cfg.hidden_size, cfg.rms_norm_eps)
+
+    def _twin(self, name: str) -> nn.Module:
+        return getattr(self, f"{name}_moe_gen") if self.mot else getattr(self, name)
+
+    def forward(self, x: Tensor, route: Routing, cos: Tensor, sin: Tensor, spec: MaskSpec, backend: str,
+                past: tuple[Tensor, Tensor] | None = None, merge: KVMerge | None = None
+                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+        n = route.apply(x, self.input_layernorm, self._twin("input_layernorm"))
+        a, kv = self.self_attn(n, route, cos, sin, spec, backend, past, merge)
+        x = x + a
+        m = route.apply(
+            x, lambda t: self.mlp(self.post_attention_layernorm(t)),
+            lambda t: self._twin("mlp")(self._twin("post_attention_layernorm")(t)),
+        )
+        return x + m, kv
+
+    @torch.no_grad()
+    def init_moe_from_und(self) -> None:
+        """BAGEL's `copy_init_moe`: start every generation-expert tensor as a copy of its understanding twin."""
+        if not self.mot:
+            return
+        for name, p in self.named_parameters():
+            if "_moe_gen" in name:
+                p.copy_(self.get_parameter(name.replace("_moe_gen", "")))
+
+
+class MoTDecoderLayer(DecoderLayer):
+    def __init__(self, cfg: LLMConfig) -> None:
+        super().__init__(cfg, mot=True)
+
+
+class DenseDecoderLayer(DecoderLayer):
+    def __init__(self, cfg: LLMConfig) -> None:
+        super().__init__(cfg, mot=False)

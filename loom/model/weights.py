@@ -1,0 +1,225 @@
+"""Loading the BAGEL release (and loom exports, which share its layout) loudly and strictly.
+
+`load_bagel(dir)` reads `llm_config.json` + `vit_config.json` with the official overrides (ViT layers = JSON − 1,
+QK-norm on, untied head, MoT layers), infers the BAGEL-level constants from tensor shapes, builds the model on
+the meta device (no full-size host copy) and assigns `ema.safetensors` tensors straight onto the target device.
+Every model key must be present; the only tolerated extra keys are the unused last SigLIP layer; a shape
+mismatch is an error. Loom-only parameters absent from a BAGEL file (the temporal table) are zero-initialised.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections import Counter
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors import safe_open
+from torch import Tensor, nn
+
+from .configs import LLMConfig, LoomConfig, VAEConfig, ViTConfig
+from .loom import TEMPORAL_KEY, Loom
+from .vae import FluxAutoencoder, build_autoencoder, convert_flux_vae_state_dict
+
+
+class CheckpointError(RuntimeError):
+    pass
+
+
+@dataclass
+class LoadReport:
+    path: str
+    num_loaded: int = 0
+    ignored: list[str] = field(default_factory=list)  # tolerated extra keys (unused SigLIP layer)
+    initialised: list[str] = field(default_factory=list)  # Loom-only keys absent from the file (zero/mean init)
+
+    def summary(self) -> str:
+        parts = [f"loaded {self.num_loaded} tensors from {self.path}"]
+        if self.ignored:
+            parts.append(f"ignored {len(self.ignored)} unused keys ({group_keys(self.ignored)})")
+        if self.initialised:
+            parts.append(f"initialised {', '.join(self.initialised)} (not in the file)")
+        return "; ".join(parts)
+
+
+def group_keys(keys: list[str], limit: int = 12) -> str:
+    """Compress `a.3.b`, `a.4.b` … into `a.*.b ×2` for readable error messages."""
+    c = Counter(re.sub(r"\.\d+\.", ".*.", k) for k in keys)
+    items = [f"{k} ×{n}" if n > 1 else k for k, n in sorted(c.items())]
+    more = f" … (+{len(items) - limit} more patterns)" if len(items) > limit else ""
+    return ", ".join(items[:limit]) + more
+
+
+def read_safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
+    with safe_open(str(path), framework="pt") as f:
+        return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
+
+
+def llm_config_from_json(path: Path) -> LLMConfig:
+    d = json.loads(path.read_text())
+    return LLMConfig(
+        hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+        num_hidden_layers=d["num_hidden_layers"], num_attention_heads=d["num_attention_heads"],
+        num_key_value_heads=d.get("num_key_value_heads", d["num_attention_heads"]), vocab_size=d["vocab_size"],
+        rope_theta=float(d.get("rope_theta", 1e6)), rms_norm_eps=float(d.get("rms_norm_eps", 1e-6)),
+        max_position_embeddings=d.get("max_position_embeddings", 32768),
+        qk_norm=True, mot=True,  # BAGEL loader overrides (bagel-spec §1.1)
+    )
+
+
+def vit_config_from_json(path: Path) -> ViTConfig:
+    d = json.loads(path.read_text())
+    return ViTConfig(
+        hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
+        num_hidden_layers=d["num_hidden_layers"] - 1,  # BAGEL uses the penultimate layer: JSON − 1 built
+        num_attention_heads=d["num_attention_heads"], patch_size=d["patch_size"], image_size=d["image_size"],
+        layer_norm_eps=float(d.get("layer_norm_eps", 1e-6)),
+    )
+
+
+def vae_config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> VAEConfig:
+    """FLUX AE geometry from `ae.safetensors` (the release hard-codes it; reading it keeps other fixtures working)."""
+    ch = shapes["encoder.conv_in.weight"][0]
+    levels = sorted({int(m[1]) for k in shapes if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
+    mult = [shapes[f"encoder.down.{i}.block.0.conv2.weight"][0] // ch for i in levels]
+    blocks = len({int(m[1]) for k in shapes if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))})
+    z = shapes["decoder.conv_in.weight"][1]
+    return VAEConfig(kind="flux", ch=ch, ch_mult=mult, num_res_blocks=blocks, z_channels=z, downsample=2 ** (len(mult) - 1))
+
+
+def config_from_release(path: str | Path) -> LoomConfig:
+    """LoomConfig of a BAGEL-layout folder. BAGEL-level constants come from the stored table shapes."""
+    path = Path(path)
+    for name in ("llm_config.json", "vit_config.json", "ema.safetensors"):
+        if not (path / name).exists():
+            raise FileNotFoundError(f"{path / name} not found: expected a BAGEL release or loom export folder")
+    shapes = read_safetensors_shapes(path / "ema.safetensors")
+    cfg = LoomConfig(llm=llm_config_from_json(path / "llm_config.json"),
+                     vit=vit_config_from_json(path / "vit_config.json"))
+    if "latent_pos_embed.pos_embed" in shapes:
+        cfg.max_latent_size = int(round(shapes["latent_pos_embed.pos_embed"][0] ** 0.5))
+    if "vit_pos_embed.pos_embed" in shapes:
+        cfg.vit_max_num_patch_per_side = int(round(shapes["vit_pos_embed.pos_embed"][0] ** 0.5))
+    if (path / "ae.safetensors").exists():
+        cfg.vae = vae_config_from_shapes(read_safetensors_shapes(path / "ae.safetensors"))
+    if "vae2llm.weight" in shapes:
+        cfg.latent_patch_size = int(round((shapes["vae2llm.weight"][1] // cfg.vae.z_channels) ** 0.5))
+    loom_json = path / "loom_config.json"  # written by loom exports: Loom-specific fields
+    if loom_json.exists():
+        extra = json.loads(loom_json.read_text())
+        for k in ("temporal_embedding", "max_frames", "max_references"):
+            if k in extra:
+                setattr(cfg, k, extra[k])
+        if "vae" in extra:
+            cfg.vae = VAEConfig(**extra["vae"])
+    if TEMPORAL_KEY in shapes:
+        cfg.max_frames = cfg.max_frames if loom_json.exists() else shapes[TEMPORAL_KEY][0] - 1 - cfg.max_references
+    return cfg
+
+
+def load_state_dict_strict(model: nn.Module, path: Path, device: torch.device | str = "cpu",
+                           dtype: torch.dtype | None = None, tolerated: re.Pattern | None = None) -> LoadReport:
+    """Assign every parameter from a safetensors file onto `device` (works for meta-initialised models).
+
+    Missing keys and shape mismatches raise `CheckpointError` listing all offenders; unexpected keys raise unless
+    they match `tolerated`. Loom-only keys may be missing: they are initialised and reported."""
+    report = LoadReport(str(path))
+    expected = dict(model.state_dict(keep_vars=True))
+    with safe_open(str(path), framework="pt", device=str(device)) as f:
+        file_keys = set(f.keys())
+        optional = {TEMPORAL_KEY}
+        missing = sorted(k for k in expected if k not in file_keys and k not in optional)
+        unexpected = sorted(k for k in file_keys if k not in expected)
+        bad_extra = [k for k in unexpected if not (tolerated and tolerated.match(k))]
+        problems = []
+        if missing:
+            problems.append(f"{len(missing)} missing keys: {group_keys(missing)}")
+        if bad_extra:
+            problems.append(f"{len(bad_extra)} unexpected keys: {group_keys(bad_extra)}")
+        mismatched = []
+        for k in expected:
+            if k in file_keys:
+                got = tuple(f.get_slice(k).get_shape())
+                want = tuple(expected[k].shape)
+                if got != want:
+                    mismatched.append(f"{k}: file {list(got)} vs model {list(want)}")
+        if mismatched:
+            problems.append(f"{len(mismatched)} shape mismatches: " + "; ".join(mismatched[:10]))
+        if problems:
+            raise CheckpointError(f"{path}: cannot load strictly — " + " | ".join(problems)
+                                  + ". Check that the folder matches its llm_config.json / vit_config.json.")
+        sd = {}
+        for k in expected:
+            if k in file_keys:
+                t = f.get_tensor(k)
+                sd[k] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+        report.ignored = unexpected
+    for k, ref in expected.items():
+        if k not in sd:  # optional Loom-only key: zero init (temporal table: a fresh Loom equals BAGEL)
+            sd[k] = torch.zeros(ref.shape, dtype=dtype or torch.float32, device=device)
+            report.initialised.append(k)
+    model.load_state_dict(sd, strict=True, assign=True)
+    report.num_loaded = len(sd) - len(report.initialised)
+    # keep the frozen sin-cos tables frozen after assign (assign replaces the Parameter objects)
+    for name, p in model.named_parameters():
+        if name.endswith("pos_embed.pos_embed"):
+            p.requires_grad_(False)
+    return report
+
+
+def load_bagel(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
+               with_vae: bool = True, with_tokenizer: bool = True, verbose: bool = True,
+               config: LoomConfig | None = None):
+    """Build `Loom` from a BAGEL release (or loom export) folder. Returns (model, vae | None, tokenizer | None, cfg).
+
+    `dtype=None` keeps the file's dtype; pass torch.bfloat16 for the memory-light default of inference."""
+    path = Path(path)
+    cfg = config or config_from_release(path)
+    with torch.device("meta"):
+        model = Loom(cfg)
+    tolerated = re.compile(rf"^vit_model\.vision_model\.encoder\.layers\.{cfg.vit.num_hidden_layers}\.")
+    report = load_state_dict_strict(model, path / "ema.safetensors", device, dtype, tolerated)
+    if verbose:
+        print(f"[loom] {report.summary()}")
+    vae = load_vae(path, cfg, device) if with_vae else None
+    tok = None
+    if with_tokenizer:
+        from ..data.tokenizer import load_tokenizer
+
+        tok = load_tokenizer(path)
+    return model, vae, tok, cfg
+
+
+def load_vae(path: str | Path, cfg: LoomConfig, device: torch.device | str = "cpu") -> nn.Module:
+    """FLUX AE from `ae.safetensors` through the explicit key converter (strict), or the weightless pixel AE."""
+    path = Path(path)
+    vae = build_autoencoder(cfg.vae)
+    if isinstance(vae, FluxAutoencoder):
+        f = path / "ae.safetensors"
+        if not f.exists():
+            raise FileNotFoundError(f"{f} not found (the FLUX autoencoder weights of the release)")
+        from safetensors.torch import load_file
+
+        sd = convert_flux_vae_state_dict(load_file(str(f)), len(cfg.vae.ch_mult))
+        expected = vae.ae.state_dict()
+        missing = sorted(set(expected) - set(sd))
+        unexpected = sorted(set(sd) - set(expected))
+        bad = [f"{k}: file {list(sd[k].shape)} vs model {list(v.shape)}" for k, v in expected.items()
+               if k in sd and sd[k].shape != v.shape]
+        if missing or unexpected or bad:
+            raise CheckpointError(f"{f}: VAE keys do not match the FLUX layout — missing: {group_keys(missing)}; "
+                                  f"unexpected: {group_keys(unexpected)}; shape: {'; '.join(bad[:5])}")
+        vae.ae.load_state_dict(sd, strict=True)
+    return vae.to(device).eval().requires_grad_(False)
+
+
+def save_state_dict(tensors: dict[str, Tensor], path: str | Path) -> None:
+    """Atomic safetensors write (temp file + rename)."""
+    from safetensors.torch import save_file
+
+    path = Path(path)
+    tmp = path.with_name(path.name + ".tmp")
+    save_file({k: v.detach().contiguous().cpu() for k, v in tensors.items()}, str(tmp))
+    tmp.replace(path)
