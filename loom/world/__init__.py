@@ -1,0 +1,1 @@
+"""loom.world: the synthetic shapes world, its dataset generator and its programmatic judge."""
