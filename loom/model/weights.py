@@ -46,8 +46,11 @@ class LoadReport:
 
 def group_keys(keys: list[str], limit: int = 12) -> str:
     """Compress `a.3.b`, `a.4.b` … into `a.*.b ×2` for readable error messages."""
-    c = Counter(re.sub(r"\.\d+\.", ".*.", k) for k in keys)
-    items = [f"{k} ×{n}" if n > 1 else k for k, n in sorted(c.items())]
+    pattern = {k: re.sub(r"\.\d+\.", ".*.", k) for k in keys}
+    c = Counter(pattern.values())
+    # singletons keep their exact name; repeated patterns collapse to `a.*.b ×n`
+    items = sorted({pattern[k] if c[pattern[k]] > 1 else k for k in keys})
+    items = [f"{k} ×{c[k]}" if c.get(k, 0) > 1 else k for k in items]
     more = f" … (+{len(items) - limit} more patterns)" if len(items) > limit else ""
     return ", ".join(items[:limit]) + more
 
