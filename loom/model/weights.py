@@ -10,6 +10,7 @@ mismatch is an error. Loom-only parameters absent from a BAGEL file (the tempora
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections import Counter
 from dataclasses import dataclass, field
@@ -38,7 +39,8 @@ class LoadReport:
     def summary(self) -> str:
         parts = [f"loaded {self.num_loaded} tensors from {self.path}"]
         if self.ignored:
-            parts.append(f"ignored {len(self.ignored)} unused keys ({group_keys(self.ignored)})")
+            prefix = os.path.commonprefix(self.ignored).rsplit(".", 1)[0]
+            parts.append(f"ignored {len(self.ignored)} unused keys ({prefix}.*)")
         if self.initialised:
             parts.append(f"initialised {', '.join(self.initialised)} (not in the file)")
         return "; ".join(parts)

@@ -18,7 +18,7 @@ def _model():
     torch.manual_seed(0)
     cfg = preset("loom-tiny")
     m = Loom(cfg)
-    for name, p in m.named_parameters():  # break the und/gen symmetry so routing mistakes show
+    for p in m.parameters():  # break the und/gen symmetry so routing mistakes show
         if p.requires_grad:
             torch.nn.init.normal_(p, std=0.05)
     return m, cfg
