@@ -207,11 +207,12 @@ class Engine:
     def generate_image(self, cond: Context, text_uncond: Context | None, img_uncond: Context | None, h: int,
                        w: int, sampler: ImageSamplerConfig, noise: Tensor | None = None, frame: int = 0,
                        generator: torch.Generator | None = None, trace: dict | None = None,
-                       velocity_hook=None) -> Tensor:
+                       velocity_hook=None, callback=None) -> Tensor:
         """Shifted Euler flow sampling of an h×w-token image; the query is never written to any cache.
 
         Active CFG branches of a step run as one batched forward. Returns the final latent tokens [h·w, Dl].
-        `trace` (optional dict) receives per-step velocities for parity checks."""
+        `trace` (optional dict) receives per-step velocities for parity checks; `callback(step, num_steps)` is
+        called after every Euler step (progress bars)."""
         dl = self.cfg.latent_token_dim
         x = noise.clone().float() if noise is not None else torch.randn(h * w, dl, generator=generator)
         ts = inference_timesteps(sampler.num_timesteps, sampler.timestep_shift)
@@ -239,6 +240,8 @@ class Engine:
                 trace.setdefault("v", []).append(v)
                 trace.setdefault("branches", []).append((v_c, v_t, v_i))
             x = euler_step(x, v.to(x.device), ts[i], ts[i + 1])
+            if callback is not None:
+                callback(i + 1, sampler.num_timesteps - 1)
         return x
 
     @torch.no_grad()

@@ -6,8 +6,14 @@ import math
 
 import torch
 
-from loom.model.flow import (euler_step, inference_timesteps, noisy_latents, shift_timesteps,
-                             timesteps_from_logits, velocity_target)
+from loom.model.flow import (
+    euler_step,
+    inference_timesteps,
+    noisy_latents,
+    shift_timesteps,
+    timesteps_from_logits,
+    velocity_target,
+)
 
 
 def test_xt_and_velocity_identities():

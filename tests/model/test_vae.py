@@ -5,7 +5,7 @@ from __future__ import annotations
 import torch
 
 from loom.model.configs import VAEConfig
-from loom.model.vae import (PixelAutoencoder, encode_to_tokens, patchify_latent, unpatchify_latent)
+from loom.model.vae import PixelAutoencoder, encode_to_tokens, patchify_latent, unpatchify_latent
 
 
 def test_patchify_layout_and_inverse():

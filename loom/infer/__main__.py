@@ -1,0 +1,248 @@
+"""`loom generate TASK …` (also `python -m loom.infer TASK …`): one item, or many with --batch.
+
+    loom generate tutorial --model models/BAGEL-7B-MoT --prompt "How to fold a paper crane" --out out/crane
+    loom generate tutorial --model EXPORT --prompt "Paint this scene step by step" --image photo.jpg --out out/p
+    loom generate compose  --model EXPORT --prompt "The <model> of <image 1> wearing the <garment> of <image 2>" \\
+                           --image person.png --image dress.png --out out/tryon
+    loom generate decompose --model EXPORT --prompt "Extract the <upper> and <lower> from <image 1>" \\
+                           --image outfit.png --num-outputs 2 --out out/parts
+    loom generate style    --model EXPORT --prompt "Apply the <style> of <image 1> to <image 2>" \\
+                           --image style.png --image content.png --out out/styled
+    loom generate t2i | edit | understand …
+    loom generate tutorial --model EXPORT --batch prompts.jsonl --out runs/tut     # resumable
+    accelerate launch --num_processes 8 -m loom.infer tutorial --model EXPORT --batch prompts.jsonl --out runs/tut
+
+Sampling flags left unset take the task's defaults (`loom.infer.pipeline.TASK_DEFAULTS`: the paper's scripts for
+Loom tasks, BAGEL's notebook for t2i / edit); --config YAML sets them in bulk (configs/infer/*.yaml), explicit
+flags win. Exit status: 0 ok, 2 bad input (nothing written), 1 generation failure.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import sys
+import time
+from pathlib import Path
+
+from .planner import ExternalPlanner, FixedPlanner, PlanError
+
+TASK_HELP = {
+    "tutorial": "text (+ one image) → plan + one image per step (plan-then-render)",
+    "compose": "several images referenced as <image k> → one composed image",
+    "decompose": "one composite image → M part images",
+    "style": "style image + content image → stylised image",
+    "t2i": "BAGEL text-to-image",
+    "edit": "BAGEL image editing",
+    "understand": "BAGEL image understanding (text answer)",
+}
+
+
+def _pair(kind: type):
+    def parse(text: str):
+        parts = [p for p in text.replace("x", ",").split(",") if p.strip()]
+        if len(parts) != 2:
+            raise argparse.ArgumentTypeError(f"expected two values like 0,1 — got {text!r}")
+        return tuple(kind(p) for p in parts)
+    return parse
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="loom generate", description=__doc__.split("\n")[0],
+                                formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("task", choices=list(TASK_HELP), help="; ".join(f"{k}: {v}" for k, v in TASK_HELP.items()))
+    io = p.add_argument_group("inputs / outputs")
+    io.add_argument("--model", required=True, help="a BAGEL release folder or a loom export")
+    io.add_argument("--prompt", help="the instruction (images are referenced as <image k>, k from 1)")
+    io.add_argument("--image", action="append", default=[], help="input image (repeatable, in <image k> order)")
+    io.add_argument("--out", required=True, help="output folder (--batch: root folder, one sub-folder per item)")
+    io.add_argument("--batch", help="prompts.jsonl: generate many items (see loom.infer.batch)")
+    io.add_argument("--shard", type=int, help="this process's shard (default: RANK under accelerate/torchrun)")
+    io.add_argument("--num-shards", type=int, help="number of shards (default: WORLD_SIZE)")
+    io.add_argument("--overwrite", action="store_true", help="replace a finished result in --out")
+    io.add_argument("--config", help="YAML of generation settings (configs/infer/*.yaml); flags override it")
+    io.add_argument("--no-progress", action="store_true", help="no progress bars")
+
+    g = p.add_argument_group("sampling (unset = task default)")
+    g.add_argument("--seed", type=int, help="base seed (default 0); --batch derives per-item seeds from it")
+    g.add_argument("--resolution", help="output size: 1024 or WIDTHxHEIGHT (multiples of 16)")
+    g.add_argument("--timesteps", dest="num_timesteps", type=int, help="flow sampling steps (default 50)")
+    g.add_argument("--timestep-shift", type=float, help="default 3.0")
+    g.add_argument("--cfg-text-scale", type=float)
+    g.add_argument("--cfg-img-scale", type=float)
+    g.add_argument("--cfg-interval", type=_pair(float), help="LO,HI on the shifted t")
+    g.add_argument("--cfg-renorm-type", choices=["global", "channel", "text_channel"])
+    g.add_argument("--cfg-renorm-min", type=float)
+    g.add_argument("--entity-scale", type=float, help="localised entity CFG scale inside --entity-mask")
+    g.add_argument("--entity-mask", help="PNG mask (white = the entity's region) for --entity-scale")
+    g.add_argument("--vae-transform", type=_pair(int), help="MAX,MIN pixel sides of the VAE input resize")
+    g.add_argument("--vit-transform", type=_pair(int), help="MAX,MIN pixel sides of the ViT input resize")
+
+    t = p.add_argument_group("tutorial / decomposition")
+    t.add_argument("--steps", dest="num_steps", type=int, help="render at most this many plan steps (≤ N_max)")
+    t.add_argument("--k-max", type=int, help="history budget K_max (default: the model's, else 4)")
+    t.add_argument("--feedback", choices=["latent", "pixel"], help="how frames re-enter the context")
+    t.add_argument("--planner", choices=["model", "external", "fixed"], default="model",
+                   help="who writes the plan: the model (default), an OpenAI-compatible endpoint, or --plan-file")
+    t.add_argument("--planner-url", help="external planner base URL, e.g. http://127.0.0.1:8000/v1")
+    t.add_argument("--planner-model", help="external planner model name")
+    t.add_argument("--planner-api-key-env", default="OPENAI_API_KEY", help="env var holding the API key")
+    t.add_argument("--plan-file", help="--planner fixed: text file with the plan ('Step 1: …' lines)")
+    t.add_argument("--plan-temperature", type=float, help="plan sampling temperature (default 0.3; 0 = greedy)")
+    t.add_argument("--max-plan-tokens", type=int, help="default 1000")
+    t.add_argument("--strict-plan", action="store_true", default=None, help="any plan problem is an error")
+    t.add_argument("--num-outputs", type=int, help="decompose: number of outputs M")
+    t.add_argument("--max-answer-tokens", type=int, help="understand: default 1000")
+
+    m = p.add_argument_group("model placement")
+    m.add_argument("--device", help="cuda, cuda:1, cpu (default: cuda if available)")
+    m.add_argument("--dtype", default="auto", help="auto (bf16 on GPU, fp32 on CPU), bf16, fp16, fp32")
+    m.add_argument("--device-map", choices=["balanced", "offload", "disk"],
+                   help="split decoder layers over GPUs (balanced) or offload them to CPU RAM / disk")
+    m.add_argument("--max-memory-gib", type=float, help="GPU budget for --device-map offload/disk")
+    m.add_argument("--offload-folder", help="folder for --device-map disk")
+    m.add_argument("--attn-backend", choices=["sdpa", "flex", "flash"])
+    m.add_argument("--threads", type=int, help="torch CPU threads")
+    return p
+
+
+SETTING_FLAGS = ("seed", "num_timesteps", "timestep_shift", "cfg_text_scale", "cfg_img_scale", "cfg_interval",
+                 "cfg_renorm_type", "cfg_renorm_min", "entity_scale", "entity_mask", "vae_transform", "vit_transform",
+                 "num_steps", "k_max", "feedback", "plan_temperature", "max_plan_tokens", "strict_plan",
+                 "num_outputs", "max_answer_tokens")
+
+
+def settings_from_args(args) -> object:
+    from .pipeline import GenerationSettings, InputError, parse_resolution
+
+    values: dict = {}
+    if args.config:
+        import yaml
+
+        path = Path(args.config)
+        if not path.is_file():
+            raise InputError(f"--config {path} does not exist")
+        d = yaml.safe_load(path.read_text()) or {}
+        if not isinstance(d, dict):
+            raise InputError(f"--config {path}: expected a mapping of settings")
+        names = {f.name for f in dataclasses.fields(GenerationSettings)}
+        unknown = sorted(set(d) - names)
+        if unknown:
+            raise InputError(f"--config {path}: unknown settings {unknown}; known: {sorted(names)}")
+        values.update({k: tuple(v) if isinstance(v, list) else v for k, v in d.items()})
+        if isinstance(values.get("resolution"), (str, int)):
+            values["resolution"] = parse_resolution(str(values["resolution"]))
+    for k in SETTING_FLAGS:
+        v = getattr(args, k, None)
+        if v is not None:
+            values[k] = v
+    if args.resolution is not None:
+        values["resolution"] = parse_resolution(args.resolution)
+    return GenerationSettings(**values)
+
+
+def make_planner(args):
+    from .pipeline import InputError
+
+    if args.planner == "model":
+        if args.plan_file or args.planner_url:
+            raise InputError("--plan-file / --planner-url need --planner fixed / external")
+        return None
+    if args.task != "tutorial":
+        raise InputError(f"--planner {args.planner} only applies to the tutorial task")
+    if args.planner == "fixed":
+        if not args.plan_file:
+            raise InputError("--planner fixed needs --plan-file PLAN.txt")
+        f = Path(args.plan_file)
+        if not f.is_file():
+            raise InputError(f"--plan-file {f} does not exist")
+        return FixedPlanner(f.read_text(encoding="utf-8"))
+    if not args.planner_url or not args.planner_model:
+        raise InputError("--planner external needs --planner-url and --planner-model")
+    import os
+
+    return ExternalPlanner(args.planner_url, args.planner_model, api_key=os.environ.get(args.planner_api_key_env),
+                           temperature=args.plan_temperature if args.plan_temperature is not None else 0.3,
+                           max_tokens=args.max_plan_tokens or 1000)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    from .loop import InputError
+    from .output import check_output_dir, write_result
+    from .pipeline import Pipeline, check_inputs, load_image_file
+
+    def fail(msg: str, code: int) -> int:
+        print(f"loom generate: error: {msg}", file=sys.stderr)
+        return code
+
+    try:
+        settings = settings_from_args(args)
+        planner = make_planner(args)
+        if args.batch:
+            from .batch import read_batch, shard_from_env
+
+            items = read_batch(args.batch, args.task)
+            rank, world = shard_from_env()
+            shard = args.shard if args.shard is not None else rank
+            num_shards = args.num_shards if args.num_shards is not None else world
+            if args.prompt or args.image:
+                raise InputError("--batch takes prompts and images from the JSONL file, not --prompt / --image")
+        else:
+            if args.prompt is None or not args.prompt.strip():
+                raise InputError("the prompt is empty; pass --prompt TEXT")
+            images = [load_image_file(p) for p in args.image]
+            check_inputs(args.task, args.prompt, images, max_references=64)
+            check_output_dir(args.out, args.overwrite)
+    except (InputError, FileExistsError, PlanError) as e:
+        return fail(str(e), 2)
+
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device
+    if device is None and args.batch:
+        import os
+
+        if torch.cuda.is_available():  # one GPU per process under accelerate launch / torchrun
+            device = f"cuda:{int(os.environ.get('LOCAL_RANK', 0))}"
+    try:
+        t0 = time.perf_counter()
+        pipe = Pipeline.from_pretrained(args.model, device=device, dtype=args.dtype, device_map=args.device_map,
+                                        max_memory_gib=args.max_memory_gib, offload_folder=args.offload_folder,
+                                        attn_backend=args.attn_backend, verbose=not args.no_progress)
+        load_s = time.perf_counter() - t0
+    except (FileNotFoundError, ValueError) as e:
+        return fail(f"cannot load --model {args.model}: {e}", 2)
+
+    progress = not args.no_progress
+    if args.batch:
+        from .batch import run_batch
+
+        try:
+            rep = run_batch(pipe, items, args.out, settings, planner, shard, num_shards, progress)
+        except InputError as e:
+            return fail(str(e), 2)
+        print(f"[loom] shard {shard}/{num_shards}: {len(rep.done)} done, {len(rep.skipped)} already finished, "
+              f"{len(rep.failed)} failed")
+        return 1 if rep.failed else 0
+    try:
+        res = pipe.run(args.task, args.prompt, images, settings, planner=planner, progress=progress,
+                       input_paths=list(args.image))
+        res.timings["load_seconds"] = load_s
+        d = write_result(res, args.out, args.overwrite)
+    except InputError as e:
+        return fail(str(e), 2)
+    except PlanError as e:  # the planner wrote nothing usable: a generation failure, nothing written
+        return fail(str(e), 1)
+    if args.task == "understand":
+        print(d.get("answer", ""))
+    n = len(d["steps"])
+    print(f"[loom] wrote {n} image(s) to {args.out} ({d['timings'].get('total_seconds', 0):.1f}s)"
+          if n else f"[loom] wrote {args.out}/result.json")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

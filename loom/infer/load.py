@@ -1,0 +1,200 @@
+"""Loading a model for inference: a BAGEL release folder or a loom export (same layout + `loom_config.json`).
+
+Defaults (user-asks §A): bf16 weights on GPU, fp32 on CPU; tensors are assigned from safetensors straight onto
+the target device (meta init, no full-size host copy, `load_bagel`). For cards that cannot hold the model:
+
+- `device_map="balanced"`: decoder layers split evenly over all visible GPUs (embeddings, heads, ViT, VAE on
+  the first one);
+- `device_map="offload"`: as many decoder layers on GPU 0 as `max_memory` allows, the rest offloaded to CPU RAM
+  (or `"disk"` to `offload_folder`) and streamed in per forward (accelerate hooks);
+- or an explicit {module name: device} map.
+
+The LLM passes dataclasses (routing indices, KV merge layout) that accelerate's hooks do not move, so every
+dispatched decoder layer also gets a small pre-hook that moves them, and hands its hidden state back to the
+main device (the KV cache of a layer stays on that layer's device).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+from torch import Tensor, nn
+
+from ..data.builders import BuildConfig
+from ..model.configs import LoomConfig
+from ..model.weights import load_bagel
+
+DEVICE_MAPS = ("balanced", "offload", "disk")
+
+
+@dataclass
+class Loaded:
+    model: nn.Module
+    vae: nn.Module
+    tokenizer: object
+    config: LoomConfig
+    build: BuildConfig  # inference layout knobs (K_max, N_max, scaffold …) from loom_config.json or defaults
+    path: str
+    dtype: torch.dtype
+    device: torch.device
+    device_map: dict | None = None
+
+    def describe(self) -> dict:
+        return {"path": self.path, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
+                "device_map": None if self.device_map is None else {k: str(v) for k, v in self.device_map.items()},
+                "kind": "loom export" if (Path(self.path) / "loom_config.json").exists() else "BAGEL release"}
+
+
+def default_device() -> torch.device:
+    return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+
+
+def default_dtype(device: torch.device | str) -> torch.dtype:
+    """bf16 on GPU (BAGEL's released inference precision), fp32 on CPU (bf16 matmuls are slow there)."""
+    return torch.bfloat16 if torch.device(device).type == "cuda" else torch.float32
+
+
+def parse_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.dtype:
+    if name is None or name == "auto":
+        return default_dtype(device)
+    if isinstance(name, torch.dtype):
+        return name
+    table = {"bf16": torch.bfloat16, "bfloat16": torch.bfloat16, "fp16": torch.float16, "float16": torch.float16,
+             "fp32": torch.float32, "float32": torch.float32}
+    if name not in table:
+        raise ValueError(f"unknown dtype {name!r}; choose from auto, {', '.join(table)}")
+    return table[name]
+
+
+def build_config_from_export(path: Path, cfg: LoomConfig) -> BuildConfig:
+    """Layout knobs an export may record in loom_config.json (top level or under "build")."""
+    extra: dict = {}
+    f = path / "loom_config.json"
+    if f.exists():
+        d = json.loads(f.read_text())
+        extra = {**{k: v for k, v in d.items() if not isinstance(v, dict)}, **d.get("build", {})}
+    names = {f.name for f in dataclasses.fields(BuildConfig)}
+    kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in extra.items() if k in names}
+    kw.setdefault("max_frames", cfg.max_frames)
+    kw.setdefault("max_references", cfg.max_references)
+    if not cfg.temporal_embedding:
+        kw.setdefault("use_temporal", False)
+    kw["n_max"] = min(kw.get("n_max", BuildConfig.n_max), kw["max_frames"])
+    return BuildConfig(**kw)
+
+
+# ---- multi-device placement ------------------------------------------------------------------------------------
+def layer_names(model: nn.Module) -> list[str]:
+    return [f"language_model.model.layers.{i}" for i in range(len(model.language_model.model.layers))]
+
+
+def plan_device_map(model: nn.Module, mode: str, num_gpus: int | None = None,
+                    max_memory_gib: float | None = None) -> dict[str, str | int]:
+    """{module: device}. Everything but the decoder layers stays on device 0 (the "main" device)."""
+    layers = layer_names(model)
+    rest = [n for n, _ in model.named_children() if n != "language_model"]
+    main: str | int = 0 if torch.cuda.is_available() else "cpu"
+    fixed_modules = [*rest, "language_model.model.embed_tokens", "language_model.model.norm", "language_model.lm_head"]
+    if getattr(model.language_model.model, "norm_moe_gen", None) is not None:
+        fixed_modules.append("language_model.model.norm_moe_gen")
+    dm: dict[str, str | int] = {n: main for n in fixed_modules}
+    if mode == "balanced":
+        n = num_gpus or torch.cuda.device_count()
+        if n < 1:
+            raise RuntimeError("device_map='balanced' needs at least one CUDA device")
+        per = -(-len(layers) // n)
+        dm.update({name: i // per for i, name in enumerate(layers)})
+    elif mode in ("offload", "disk"):
+        per_layer = sum(p.numel() * p.element_size() for p in model.language_model.model.layers[0].parameters())
+        fixed = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".layers." not in n)
+        budget = (max_memory_gib or 0.0) * 2**30 - fixed
+        on_gpu = max(0, int(budget // max(per_layer, 1))) if max_memory_gib else 0
+        if not torch.cuda.is_available():
+            on_gpu = 0
+        for i, name in enumerate(layers):
+            dm[name] = main if i < on_gpu else ("cpu" if mode == "offload" else "disk")
+    else:
+        raise ValueError(f"unknown device_map {mode!r}; choose from {DEVICE_MAPS} or pass a dict")
+    return dm
+
+
+def _move(x, device):
+    if isinstance(x, Tensor):
+        return x.to(device)
+    if dataclasses.is_dataclass(x) and not isinstance(x, type):
+        return dataclasses.replace(x, **{f.name: _move(getattr(x, f.name), device) for f in dataclasses.fields(x)
+                                         if f.init})
+    if isinstance(x, tuple):
+        return tuple(_move(v, device) for v in x)
+    if isinstance(x, list):
+        return [_move(v, device) for v in x]
+    return x
+
+
+def _exec_device(dev, main: torch.device) -> torch.device:
+    if dev in ("cpu", "disk"):
+        return main  # offloaded weights are streamed to the main device
+    return torch.device(f"cuda:{dev}") if isinstance(dev, int) else torch.device(dev)
+
+
+def dispatch(model: nn.Module, device_map: dict[str, str | int], offload_folder: str | None = None) -> nn.Module:
+    """accelerate's `dispatch_model` plus the device-move hooks loom's LLM needs (see module docstring)."""
+    from accelerate import dispatch_model
+
+    values = set(device_map.values())
+    main = torch.device("cpu") if values <= {"cpu", "disk"} else _exec_device(
+        next(v for v in device_map.values() if v not in ("cpu", "disk")), torch.device("cpu"))
+    if "disk" in values and offload_folder is None:
+        raise ValueError("device_map with 'disk' entries needs an offload_folder")
+    model = dispatch_model(model, device_map=device_map, main_device=str(main), offload_dir=offload_folder)
+    for i, layer in enumerate(model.language_model.model.layers):
+        dev = _exec_device(device_map.get(f"language_model.model.layers.{i}", 0), main)
+
+        def pre(mod, args, kwargs, dev=dev):
+            return _move(args, dev), _move(kwargs, dev)
+
+        def post(mod, args, out, main=main):
+            x, kv = out
+            return x.to(main), kv
+
+        layer.register_forward_pre_hook(pre, with_kwargs=True)
+        layer.register_forward_hook(post)
+    return model
+
+
+# ---- the loader --------------------------------------------------------------------------------------------
+def load_pretrained(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
+                    device_map: str | dict | None = None, max_memory_gib: float | None = None,
+                    offload_folder: str | None = None, attn_backend: str | None = None,
+                    verbose: bool = True) -> Loaded:
+    """(model, vae, tokenizer, config, build config) ready for `Engine`.
+
+    `device=None` picks CUDA when available. `dtype=None` → bf16 on GPU, fp32 on CPU. `device_map` (see module
+    docstring) loads to CPU first, then dispatches."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(f"model folder {path} does not exist (a BAGEL release or a loom export)")
+    dev = torch.device(device) if device is not None else default_device()
+    dt = parse_dtype(dtype, dev)
+    load_dev = "cpu" if device_map is not None else dev
+    model, vae, tok, cfg = load_bagel(path, device=load_dev, dtype=dt, verbose=verbose)
+    dm = None
+    if device_map is not None:
+        dm = device_map if isinstance(device_map, dict) else plan_device_map(model, device_map,
+                                                                              max_memory_gib=max_memory_gib)
+        model = dispatch(model, dm, offload_folder)
+        main = _exec_device(dm.get("language_model.lm_head", 0), torch.device("cpu"))
+        vae = vae.to(main)
+        dev = main
+    model.eval().requires_grad_(False)
+    if attn_backend is not None:
+        model.attn_backend = attn_backend
+    elif dev.type == "cuda":
+        from ..model.attention import default_backend
+
+        model.attn_backend = default_backend(dev)
+    return Loaded(model, vae, tok, cfg, build_config_from_export(path, cfg), str(path), dt, dev, dm)

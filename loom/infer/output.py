@@ -1,0 +1,179 @@
+"""Writing one generation: numbered frame PNGs, `result.json` and an `index.html` storyboard, atomically.
+
+Layout of an output folder:
+
+    frame_01.png … frame_NN.png   one per plan step (tutorial) / output (compose, style, decompose, t2i, edit)
+    inputs/input_01.png …          the conditioning images (copied unless they already live in inputs/)
+    result.json                    prompt, plan, steps [{index, text, image, history, seed, seconds}], seeds,
+                                   settings, timings, plan source … (`RESULT_FORMAT`); written LAST
+    index.html                     the tutorial as a person reads it (plan, then step text above each frame)
+
+Everything is written to a hidden temp folder next to the target and moved in at the end, result.json last, so
+a crash never leaves a half-written item that looks finished (`loom.eval` and `--batch` resume on result.json).
+"""
+
+from __future__ import annotations
+
+import html
+import json
+import os
+import shutil
+import tempfile
+import time
+from pathlib import Path
+
+from .pipeline import GenerationResult
+
+RESULT_FORMAT = "loom.generate/1"
+
+
+def frame_name(k: int) -> str:
+    return f"frame_{k:02d}.png"
+
+
+def result_dict(res: GenerationResult, input_rels: list[str]) -> dict:
+    s = res.settings
+    plan_steps = res.plan.steps if res.plan else []
+    steps = [{"index": f.index, "text": f.text, "image": frame_name(f.index), "history": list(f.history),
+              "seed": f.seed, "seconds": round(f.seconds, 4), "context_tokens": f.num_context_tokens}
+             for f in res.frames]
+    d = {
+        "format": RESULT_FORMAT,
+        "task": res.task,
+        "prompt": res.prompt,
+        "plan": list(plan_steps),
+        "steps": steps,
+        "inputs": input_rels,
+        "text_source": "model" if (res.plan is None or res.plan.source == "model") else "given",
+    }
+    if res.plan is not None:
+        d.update(res.plan.to_json())
+    if res.answer is not None:
+        d["answer"] = res.answer
+    d["seeds"] = {"base": s.seed, "frames": [f.seed for f in res.frames]}
+    if res.plan is not None and res.plan.source == "model":
+        from .loop import frame_seed
+
+        d["seeds"]["plan"] = frame_seed(s.seed, 0)
+    settings = s.to_json()
+    if res.frames:
+        im = res.frames[0].image
+        settings["output_size"] = [im.width, im.height]
+    if res.k_max is not None:
+        settings["k_max"] = res.k_max
+    d["settings"] = settings
+    timings = {k: round(v, 4) if isinstance(v, float) else v for k, v in res.timings.items()}
+    if res.stats is not None:
+        st = res.stats
+        timings["frame_seconds"] = [round(x, 4) for x in st.frame_seconds]
+        timings["prefill_seconds"] = round(st.prefill_seconds, 4)
+        n_denoise_steps = max(1, (s.num_timesteps - 1) * len(res.frames))
+        d["forwards"] = {"prefill": st.num_forwards_prefill, "denoise": st.num_forwards_denoise,
+                         "per_denoising_step": st.num_forwards_denoise / n_denoise_steps if res.frames else 0}
+    d["timings"] = timings
+    d["model"] = res.model
+    if res.notes:
+        d["notes"] = list(res.notes)
+    d["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
+    return d
+
+
+def render_html(d: dict) -> str:
+    """A self-contained storyboard: prompt, inputs, the plan, then each step's text above its image."""
+    e = html.escape
+    title = {"tutorial": "Tutorial", "decompose": "Decomposition", "compose": "Composition", "style": "Style transfer",
+             "t2i": "Text to image", "edit": "Edit", "understand": "Answer"}.get(d["task"], d["task"])
+    parts = [
+        "<!doctype html><html><head><meta charset='utf-8'>",
+        f"<title>{e(title)}: {e(d['prompt'][:80])}</title>",
+        "<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
+        "h1{font-size:1.4em}.inputs img{max-height:180px;margin-right:.5em;border:1px solid #ccc}"
+        ".step{margin:2em 0;padding-bottom:1.5em;border-bottom:1px solid #eee}.step img{max-width:100%;"
+        "border-radius:6px}.meta{color:#888;font-size:.85em}.plan li{margin:.2em 0}"
+        ".warn{color:#a60}</style></head><body>",
+        f"<h1>{e(title)}</h1><p><b>Prompt:</b> {e(d['prompt'])}</p>",
+    ]
+    if d.get("inputs"):
+        parts.append("<div class='inputs'><b>Inputs:</b><br>"
+                     + "".join(f"<img src='{e(p)}' alt='input {k}'>" for k, p in enumerate(d["inputs"], 1))
+                     + "</div>")
+    if d.get("plan"):
+        src = d.get("plan_source", "model")
+        parts.append(f"<h2>Plan</h2><p class='meta'>written by: {e(src)}</p><ol class='plan'>"
+                     + "".join(f"<li>{e(s)}</li>" for s in d["plan"]) + "</ol>")
+        if d.get("plan_problems"):
+            parts.append("<p class='warn'>Plan notes: " + e("; ".join(d["plan_problems"])) + "</p>")
+    for st in d.get("steps", []):
+        head = f"Step {st['index']}" if d["task"] == "tutorial" else f"Output {st['index']}"
+        hist = st.get("history") or []
+        meta = f"conditioned on frames {', '.join(map(str, hist))}" if hist else "no earlier frames in context"
+        parts.append(f"<div class='step'><h3>{e(head)}</h3>"
+                     + (f"<p>{e(st['text'])}</p>" if st.get("text") else "")
+                     + f"<img src='{e(st['image'])}' alt='{e(head)}'>"
+                     + f"<p class='meta'>{e(meta)} · seed {st.get('seed')} · {st.get('seconds', 0):.1f}s</p></div>")
+    if d.get("answer") is not None:
+        parts.append(f"<h2>Answer</h2><p>{e(d['answer'])}</p>")
+    s = d.get("settings", {})
+    parts.append(f"<p class='meta'>seed {s.get('seed')} · {s.get('num_timesteps')} timesteps · cfg text "
+                 f"{s.get('cfg_text_scale')} / image {s.get('cfg_img_scale')} · {e(str(d.get('model', {}).get('path', '')))}"
+                 "</p></body></html>")
+    return "\n".join(parts)
+
+
+def _write_json(path: Path, d: dict) -> None:
+    path.write_text(json.dumps(d, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
+
+
+def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
+    """Refuse to clobber a finished result (call before generating, so nothing is computed in vain)."""
+    out = Path(out)
+    if out.exists() and not out.is_dir():
+        raise FileExistsError(f"--out {out} exists and is not a folder")
+    if (out / "result.json").exists() and not overwrite:
+        raise FileExistsError(f"{out} already holds a finished result (result.json); pass --overwrite or choose "
+                              "another --out")
+    return out
+
+
+def write_result(res: GenerationResult, out: str | Path, overwrite: bool = False) -> dict:
+    """Write frames, inputs, result.json and index.html into `out` atomically. Returns the result dict."""
+    out = check_output_dir(out, overwrite)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        input_rels = []
+        for k, im in enumerate(res.inputs, 1):
+            src = Path(res.input_paths[k - 1]).resolve() if k <= len(res.input_paths) else None
+            inside = src is not None and out.resolve() in src.parents
+            if inside:
+                input_rels.append(src.relative_to(out.resolve()).as_posix())
+                continue
+            rel = f"inputs/input_{k:02d}.png"
+            (tmp / "inputs").mkdir(exist_ok=True)
+            im.save(tmp / rel)
+            input_rels.append(rel)
+        for f in res.frames:
+            f.image.save(tmp / frame_name(f.index))
+        d = result_dict(res, input_rels)
+        (tmp / "index.html").write_text(render_html(d), encoding="utf-8")
+        _write_json(tmp / "result.json", d)
+        _commit(tmp, out)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return d
+
+
+def _commit(tmp: Path, out: Path) -> None:
+    """Move the finished folder into place: one rename when `out` is new, else file by file, result.json last."""
+    if not out.exists():
+        os.replace(tmp, out)
+        return
+    (out / "result.json").unlink(missing_ok=True)  # the old result stops counting as finished first
+    for stale in out.glob("frame_*.png"):
+        if not (tmp / stale.name).exists():
+            stale.unlink()
+    files = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.name == "result.json")
+    for p in files:
+        dst = out / p.relative_to(tmp)
+        dst.parent.mkdir(parents=True, exist_ok=True)
+        os.replace(p, dst)

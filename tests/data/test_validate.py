@@ -1,0 +1,87 @@
+"""Whole-manifest validation: every malformed row is named, good rows pass, lengths are measured."""
+
+import json
+
+import pytest
+from PIL import Image
+
+from loom.data.builders import BuildConfig
+from loom.data.entities import register_entity_tokens
+from loom.data.packing import PackGeometry
+from loom.data.records import SampleError
+from loom.data.tokenizer import load_tokenizer
+from loom.data.validate import validate_manifest
+
+GEOM = PackGeometry(latent_grid=16)
+
+
+@pytest.fixture(scope="module")
+def tok():
+    t = load_tokenizer("tests/fixtures/bagel-tiny")
+    register_entity_tokens(t)
+    return t
+
+
+def write_manifest(folder, rows):
+    for i in range(6):
+        Image.new("RGB", (64, 64), (40 * i, 90, 10)).save(folder / f"f{i}.png")
+    (folder / "broken.png").write_bytes(b"not a png")
+    path = folder / "manifest.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+GOOD = {"id": "good", "task": "tutorial", "prompt": "Draw it.", "plan": ["a.", "b.", "c."],
+        "frames": ["f1.png", "f2.png", "f3.png"], "input_images": []}
+ROWS = [
+    GOOD,
+    {**GOOD, "id": "more-steps", "plan": ["a.", "b.", "c.", "d."]},
+    {**GOOD, "id": "missing-file", "frames": ["f1.png", "gone.png", "f3.png"]},
+    {**GOOD, "id": "unparsable", "plan": "no markers here"},
+    {**GOOD, "id": "corrupt", "frames": ["f1.png", "broken.png", "f3.png"]},
+    {"id": "bad-task", "task": "dance", "prompt": "x"},
+    {"id": "compose-ok", "task": "compose",
+     "prompt": "Put the <object> from <image 1> on the <scene> of <image 2>.",
+     "input_images": ["f1.png", "f2.png"], "targets": ["f3.png"]},
+    {"id": "typo", "task": "compose", "prompt": "Put the <objekt> from <image 1> left.",
+     "input_images": ["f1.png"], "targets": ["f3.png"]},
+    {**GOOD, "id": "long", "plan": [f"s{k}." for k in range(1, 9)], "frames": ["f1.png"] * 8},
+]
+
+
+def test_report_names_each_bad_sample(tmp_path, tok):
+    path = write_manifest(tmp_path, ROWS)
+    rep = validate_manifest(path, tok, BuildConfig(), GEOM)
+    by_id = {}
+    for issue in rep.errors:
+        by_id.setdefault(issue.source.rsplit(":", 1)[1], []).append(issue.message)
+    assert set(by_id) == {"more-steps", "missing-file", "unparsable", "corrupt", "bad-task"}
+    assert rep.errors[0].source == f"{path}:1:more-steps"
+    assert "more steps than images: 4 plan steps but 3 frames" in by_id["more-steps"][0]
+    assert "gone.png" in by_id["missing-file"][0]
+    assert "plan unparsable" in by_id["unparsable"][0]
+    assert "broken.png" in by_id["corrupt"][0]
+    warn = {w.source.rsplit(":", 1)[1]: w.message for w in rep.warnings}
+    assert "<objekt>" in warn["typo"] and "truncated to N_max = 6" in warn["long"]
+    assert rep.num_records == 9 and rep.num_ok == 4 and not rep.ok
+    assert rep.num_instances == 3 + 1 + 1 + 6  # good: one per frame; long: truncated to 6
+    assert rep.tasks["tutorial"] == 6 and "5 errors" in rep.summary()
+    with pytest.raises(SampleError, match="more-steps"):
+        rep.raise_if_errors()
+
+
+def test_token_budget_and_schema_only_mode(tmp_path, tok):
+    path = write_manifest(tmp_path, [GOOD])
+    rep = validate_manifest(path, tok, BuildConfig(), GEOM)
+    assert rep.ok and rep.max_tokens > 0
+    capped = validate_manifest(path, tok, BuildConfig(), GEOM, max_tokens_per_sample=rep.max_tokens - 1)
+    assert len(capped.errors) == 1 and "frame3 has" in capped.errors[0].message
+    schema_only = validate_manifest(write_manifest(tmp_path, ROWS), tokenizer=None)
+    assert schema_only.num_instances == 0 and len(schema_only.errors) == 5
+
+
+def test_unregistered_entity_token_warns(tmp_path):
+    plain = load_tokenizer("tests/fixtures/bagel-tiny")
+    path = write_manifest(tmp_path, [ROWS[6]])
+    rep = validate_manifest(path, plain, BuildConfig(), GEOM)
+    assert rep.ok and any("<object> is not registered" in w.message for w in rep.warnings)
