@@ -103,24 +103,29 @@ def config_from_release(path: str | Path) -> LoomConfig:
     shapes = read_safetensors_shapes(path / "ema.safetensors")
     cfg = LoomConfig(llm=llm_config_from_json(path / "llm_config.json"),
                      vit=vit_config_from_json(path / "vit_config.json"))
+    loom_json = path / "loom_config.json"  # written by loom exports: Loom-specific fields win over inference
+    extra = json.loads(loom_json.read_text()) if loom_json.exists() else {}
+    if "vae" in extra:
+        cfg.vae = VAEConfig(**extra["vae"])
+    elif (path / "ae.safetensors").exists():
+        cfg.vae = vae_config_from_shapes(read_safetensors_shapes(path / "ae.safetensors"))
     if "latent_pos_embed.pos_embed" in shapes:
         cfg.max_latent_size = int(round(shapes["latent_pos_embed.pos_embed"][0] ** 0.5))
     if "vit_pos_embed.pos_embed" in shapes:
         cfg.vit_max_num_patch_per_side = int(round(shapes["vit_pos_embed.pos_embed"][0] ** 0.5))
-    if (path / "ae.safetensors").exists():
-        cfg.vae = vae_config_from_shapes(read_safetensors_shapes(path / "ae.safetensors"))
-    if "vae2llm.weight" in shapes:
-        cfg.latent_patch_size = int(round((shapes["vae2llm.weight"][1] // cfg.vae.z_channels) ** 0.5))
-    loom_json = path / "loom_config.json"  # written by loom exports: Loom-specific fields
-    if loom_json.exists():
-        extra = json.loads(loom_json.read_text())
-        for k in ("temporal_embedding", "max_frames", "max_references"):
-            if k in extra:
-                setattr(cfg, k, extra[k])
-        if "vae" in extra:
-            cfg.vae = VAEConfig(**extra["vae"])
-    if TEMPORAL_KEY in shapes:
-        cfg.max_frames = cfg.max_frames if loom_json.exists() else shapes[TEMPORAL_KEY][0] - 1 - cfg.max_references
+    if "vae2llm.weight" in shapes:  # token width = p² · z_channels
+        cfg.latent_patch_size = int(round((shapes["vae2llm.weight"][1] / cfg.vae.z_channels) ** 0.5))
+    # a release lacks whole branches only when they were switched off
+    cfg.visual_und = "connector.fc1.weight" in shapes
+    cfg.visual_gen = "vae2llm.weight" in shapes
+    for k in ("temporal_embedding", "max_frames", "max_references", "latent_patch_size", "max_latent_size",
+              "vit_max_num_patch_per_side", "visual_und", "visual_gen", "connector_act"):
+        if k in extra:
+            setattr(cfg, k, extra[k])
+    if TEMPORAL_KEY in shapes and "max_frames" not in extra:
+        cfg.max_frames = shapes[TEMPORAL_KEY][0] - 1 - cfg.max_references
+    if TEMPORAL_KEY not in shapes and "temporal_embedding" not in extra:
+        cfg.temporal_embedding = True  # a plain BAGEL file: the table starts at zero (Loom = BAGEL)
     return cfg
 
 

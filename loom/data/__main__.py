@@ -1,0 +1,81 @@
+"""`loom data validate MANIFEST …` (also `python -m loom.data validate …`): check every row of a training manifest
+— schema, files exist and decode, plan steps match frames, every built instance fits the token budget — and
+print a summary. Exit status 1 when any row has an error."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from pathlib import Path
+
+
+def _context(args):
+    """(tokenizer, geometry, BuildConfig, max tokens per sample) from --train-config or the explicit flags."""
+    from ..model.configs import preset
+    from .manifest import build_config
+    from .packing import PackGeometry
+    from .tokenizer import load_tokenizer
+
+    build = dict(kv.split("=", 1) for kv in args.build)
+    build = {k: json.loads(v) if v[:1] in "[{0123456789-" or v in ("true", "false", "null") else v
+             for k, v in build.items()}
+    cap = args.max_tokens
+    if args.train_config:
+        from ..train.config import load_train_config
+
+        cfg = load_train_config(args.train_config, ["run.dir=/dev/null", "run.total_steps=1", *args.overrides])
+        kind, _, path = cfg.model.init.partition(":")
+        if kind == "scratch":
+            from ..config import merge_into
+
+            mcfg, tok_dir = merge_into(preset(cfg.model.preset), cfg.model.overrides), cfg.model.tokenizer
+        else:
+            from ..model.weights import config_from_release
+
+            mcfg, tok_dir = config_from_release(path), cfg.model.tokenizer or path
+        build = {**cfg.data.build, **build}
+        cap = cap or cfg.data.max_tokens_per_sample
+    else:
+        mcfg, tok_dir = preset(args.preset), args.tokenizer
+    tok = load_tokenizer(tok_dir) if tok_dir else None
+    return tok, PackGeometry.from_config(mcfg), build_config(build, (mcfg.max_frames, mcfg.max_references)), cap
+
+
+def validate_main(args) -> int:
+    from .validate import validate_manifest
+
+    tok, geometry, build, cap = _context(args)
+    if tok is None:
+        print("note: no tokenizer given (--tokenizer / --train-config): checking schema and images only, "
+              "not token lengths", file=sys.stderr)
+    report = validate_manifest(args.manifest, tok, build, geometry, cap, args.limit, format=args.format)
+    print(report.summary())
+    if args.json:
+        from ..config import atomic_write_text
+
+        atomic_write_text(args.json, json.dumps(report.to_dict(), indent=1))
+    return 1 if report.errors else 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(prog="loom data", description="Training-manifest tools (formats: data/README.md).")
+    sub = ap.add_subparsers(dest="cmd", required=True)
+    v = sub.add_parser("validate", help="check every row of a manifest and print a summary")
+    v.add_argument("manifest", type=Path, help="manifest .jsonl / .parquet / HF datasets folder")
+    v.add_argument("--train-config", help="take tokenizer, geometry, data.build and budget from a train YAML")
+    v.add_argument("overrides", nargs="*", help="key=value overrides of --train-config")
+    v.add_argument("--tokenizer", help="tokenizer folder (without --train-config)")
+    v.add_argument("--preset", default="bagel-7b-mot", help="model preset for the geometry (without --train-config)")
+    v.add_argument("--build", action="append", default=[], metavar="KEY=VALUE",
+                   help="BuildConfig override, e.g. --build vae_transform=[1024,512,16]")
+    v.add_argument("--max-tokens", type=int, default=None, help="max tokens per instance")
+    v.add_argument("--limit", type=int, default=None, help="check only the first N rows")
+    v.add_argument("--format", default="auto", help="auto | jsonl | parquet | hf")
+    v.add_argument("--json", help="also write the report as JSON here")
+    args = ap.parse_args(argv)
+    return validate_main(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

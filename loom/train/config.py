@@ -1,0 +1,70 @@
+"""`TrainConfig`: the root of a training run, composed of each component's own config (house rule 3).
+
+Load with `load_train_config(yaml, ["optim.lr=1e-5", ...])`; unknown keys and wrong types are errors.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from ..config import MISSING, load
+from ..data.loader import DataConfig
+from .checkpoint import CheckpointConfig
+from .ema import EMAConfig
+from .losses import LossConfig
+from .metrics import LogConfig
+from .optim import OptimConfig
+from .parallel import ParallelConfig
+
+
+@dataclass
+class RunConfig:
+    dir: str = MISSING  # run directory (outside the checkout, e.g. $LOOM_RUNS/<name>)
+    name: str = ""  # defaults to the folder name; wandb run id
+    seed: int = 4396  # BAGEL global_seed; model init and any torch randomness
+    total_steps: int = MISSING  # optimizer steps (Loom: 16k compose, 10k style, 20k recipe, 5k painting)
+
+
+@dataclass
+class ModelInitConfig:
+    init: str = "scratch"  # scratch | bagel:<dir> | export:<dir>
+    preset: str = "loom-tiny"  # scratch only: architecture preset (loom.model.configs.preset)
+    tokenizer: str = ""  # scratch only: tokenizer folder
+    overrides: dict[str, Any] = field(default_factory=dict)  # strict merge onto the preset / loaded config
+    dtype: str = "fp32"  # master weight dtype (fp32: BAGEL trains fp32 masters with bf16 compute)
+
+
+@dataclass
+class SampleConfig:
+    every: int = 0  # generate samples into <run.dir>/samples/step-N every N steps (0: never)
+    fn: str = "loom.infer.train_hook:generate_samples"  # import path; skipped with a warning if absent
+    prompts: list[str] = field(default_factory=list)
+    use_ema: bool = True
+    seed: int = 0
+
+
+@dataclass
+class RobustConfig:
+    max_nonfinite_steps: int = 20  # stop after more optimizer steps skipped for NaN/inf loss or grad norm
+    max_consecutive_nonfinite: int = 5  # … or this many in a row
+
+
+@dataclass
+class TrainConfig:
+    run: RunConfig = field(default_factory=RunConfig)
+    model: ModelInitConfig = field(default_factory=ModelInitConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    loss: LossConfig = field(default_factory=LossConfig)
+    optim: OptimConfig = field(default_factory=OptimConfig)
+    parallel: ParallelConfig = field(default_factory=ParallelConfig)
+    ema: EMAConfig = field(default_factory=EMAConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    log: LogConfig = field(default_factory=LogConfig)
+    sample: SampleConfig = field(default_factory=SampleConfig)
+    robust: RobustConfig = field(default_factory=RobustConfig)
+
+
+def load_train_config(path: str | Path | None, overrides: list[str] | tuple[str, ...] = ()) -> TrainConfig:
+    return load(TrainConfig, path, overrides)

@@ -1,0 +1,123 @@
+"""Training throughput benchmark: tokens/s, MFU and peak memory of the real train step (loom.train.Trainer).
+
+CPU (always): loom-tiny on synthetic tutorial-shaped samples. GPU (when CUDA is present): a reduced-depth model
+of BAGEL-7B width (D 3584, F 18944, 28/4 heads, full vocab; --layers decoder and ViT layers), bf16, FSDP
+when launched on several GPUs, activation checkpointing on.
+
+    python scripts/bench_train.py [--steps 10] [--warmup 3] [--out bench_train.json]
+    torchrun --nproc_per_node 8 scripts/bench_train.py --layers 4      # multi-GPU, FSDP2
+
+Writes one JSON object per configuration (a list) to --out and prints a table.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import torch
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from loom.train.config import load_train_config  # noqa: E402
+from loom.train.trainer import Trainer  # noqa: E402
+
+TOKENIZER = ROOT / "tests" / "fixtures" / "bagel-tiny"
+
+
+class _BenchTrainer(Trainer):
+    def save(self):  # a benchmark never writes resume state
+        return None
+
+
+def configurations(layers: int) -> list[tuple[str, list[str]]]:
+    out = [("loom-tiny (cpu)", [
+        "model.preset=loom-tiny", "data.sources.syn.image_size=32", "data.batch_size=4", "data.max_tokens=4096",
+        "data.max_tokens_per_sample=4096", "parallel.activation_checkpointing=false"])]
+    if torch.cuda.is_available():
+        out.append((f"bagel-7b width, {layers} layers (cuda)", [
+            "model.preset=bagel-7b-mot", f"+model.overrides.llm.num_hidden_layers={layers}",
+            f"+model.overrides.vit.num_hidden_layers={layers}",
+            "+model.overrides.vae.kind=pixel", "+model.overrides.vae.z_channels=192",
+            "+model.overrides.vae.downsample=8", "data.sources.syn.image_size=512", "data.batch_size=2",
+            "data.max_tokens=16384", "data.max_tokens_per_sample=16384", "parallel.activation_checkpointing=true",
+            "parallel.mixed_precision=bf16"]))
+    return out
+
+
+def run_one(name: str, overrides: list[str], steps: int, warmup: int) -> dict:
+    with tempfile.TemporaryDirectory() as tmp:
+        base = [f"run.dir={tmp}", f"run.total_steps={warmup + steps}", "model.init=scratch",
+                f"model.tokenizer={TOKENIZER}", "data.sources.syn.path=synthetic", "data.sources.syn.num_rows=64",
+                "checkpoint.every=0", "checkpoint.export_at_end=false", "ema.enabled=true",
+                "data.text_cond_dropout=0", "data.vit_cond_dropout=0", "data.vae_cond_dropout=0",
+                f"log.every={warmup + steps}"]
+        cfg = load_train_config(None, [*base, *[o.lstrip("+") for o in overrides]])
+        tr = _BenchTrainer(cfg)
+        dev = tr.info.device
+        for _ in range(warmup):  # compile / allocator warm-up, excluded from the numbers
+            tr.train_step([next(tr.loader) for _ in range(tr.grad_accum)])
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+            torch.cuda.reset_peak_memory_stats(dev)
+        from loom.train import parallel
+        from loom.train.metrics import peak_memory_gb, peak_tflops, train_flops
+
+        tokens = len_sq = 0.0
+        t0 = time.perf_counter()
+        for _ in range(steps):
+            rec = tr.train_step([next(tr.loader) for _ in range(tr.grad_accum)])
+            tokens += rec["tokens"]
+            len_sq += rec["len_sq"]
+        if dev.type == "cuda":
+            torch.cuda.synchronize()
+        dt = time.perf_counter() - t0
+        peak = peak_tflops(dev, cfg.log.peak_tflops)
+        flops = train_flops(tr.model_cfg.llm, tokens, len_sq)
+        world = tr.info.world_size
+        res = {"name": name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
+               "world_size": world, "steps": steps, "step_time_s": dt / steps, "tokens_per_s": tokens / dt,
+               "tokens_per_s_per_device": tokens / dt / world, "tflops_per_device": flops / dt / 1e12 / world,
+               "mfu": flops / dt / 1e12 / (peak * world) if peak else 0.0,
+               "peak_tflops_assumed": peak,
+               "peak_mem_gb": parallel.all_reduce_max([peak_memory_gb(dev)], tr.info)[0],
+               "params_m": sum(p.numel() for p in tr.model.parameters()) / 1e6 * (world if world > 1 else 1),
+               "final_loss": rec["loss"]}
+        parallel.barrier(tr.info)
+        return res
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--steps", type=int, default=10)
+    ap.add_argument("--warmup", type=int, default=3)
+    ap.add_argument("--layers", type=int, default=2, help="decoder/ViT layers of the BAGEL-width GPU model")
+    ap.add_argument("--out", type=Path, default=Path("bench_train.json"))
+    ap.add_argument("--cpu-only", action="store_true")
+    a = ap.parse_args(argv)
+    results = []
+    for name, ov in configurations(a.layers):
+        if a.cpu_only and "cuda" in name:
+            continue
+        results.append(run_one(name, ov, a.steps, a.warmup))
+    from loom.train import parallel
+
+    if int(__import__("os").environ.get("RANK", "0")) == 0:
+        print(f"{'config':<40} {'tok/s':>10} {'MFU':>8} {'peak GB':>8} {'s/step':>8}")
+        for r in results:
+            print(f"{r['name']:<40} {r['tokens_per_s']:>10.0f} {r['mfu']:>8.4f} {r['peak_mem_gb']:>8.2f} "
+                  f"{r['step_time_s']:>8.3f}")
+        tmp = a.out.with_name(a.out.name + ".tmp")
+        tmp.write_text(json.dumps(results, indent=1))
+        tmp.replace(a.out)
+    parallel.shutdown()
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,78 @@
+"""OmniContext-style sample folders → Loom composition / style manifest.
+
+Input: one folder per sample holding the condition images `input_1.png`, `input_2.png`, … (any of
+png/jpg/webp; sorted by their number), the target `output.*` (or `target.*`), and the instruction in
+`instruction.txt` / `prompt.txt` or `meta.json` {"instruction" | "prompt", "task"?}. Placeholders
+`<image k>` in the instruction refer to input k; without them the images are placed before the text.
+
+    python scripts/convert_omnicontext.py SAMPLES_DIR OUT_DIR [--task compose|style|decompose]
+
+For `decompose` the roles flip: the single `input_1` is the scene and every `output_*` is a target.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import re
+import sys
+from pathlib import Path
+
+EXTS = (".png", ".jpg", ".jpeg", ".webp")
+NUM_RE = re.compile(r"_(\d+)$")
+
+
+def _numbered(folder: Path, prefix: str) -> list[Path]:
+    found = [p for p in folder.iterdir() if p.suffix.lower() in EXTS and p.stem.startswith(prefix)]
+    return sorted(found, key=lambda p: int(m[1]) if (m := NUM_RE.search(p.stem)) else 0)
+
+
+def read_instruction(folder: Path) -> tuple[str, str | None]:
+    meta = folder / "meta.json"
+    if meta.exists():
+        d = json.loads(meta.read_text())
+        return str(d.get("instruction") or d.get("prompt") or ""), d.get("task")
+    for name in ("instruction.txt", "prompt.txt"):
+        if (folder / name).exists():
+            return (folder / name).read_text().strip(), None
+    return "", None
+
+
+def convert(src: Path, out: Path, task: str = "compose") -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    rows, skipped = [], {"no_instruction": 0, "no_images": 0}
+    rel = lambda p: os.path.relpath(p.resolve(), out.resolve())  # noqa: E731
+    for d in sorted(x for x in src.iterdir() if x.is_dir()):
+        text, own_task = read_instruction(d)
+        t = own_task or task
+        inputs = _numbered(d, "input")
+        outputs = _numbered(d, "output") or _numbered(d, "target")
+        if not text:
+            skipped["no_instruction"] += 1
+            continue
+        if not inputs or not outputs:
+            skipped["no_images"] += 1
+            continue
+        row = {"id": f"omnicontext-{d.name}", "task": t, "prompt": text, "input_images": [rel(p) for p in inputs],
+               "targets": [rel(p) for p in outputs] if t == "decompose" else [rel(outputs[0])],
+               "meta": {"source": "OmniContext-style", "folder": d.name}}
+        rows.append(row)
+    tmp = out / "train.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(out / "train.jsonl")
+    return {"rows": len(rows), **skipped}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--task", default="compose", choices=("compose", "style", "decompose"))
+    a = ap.parse_args(argv)
+    print(json.dumps(convert(a.src, a.out, a.task)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,91 @@
+"""RecipeGen → Loom tutorial manifest (data/README.md, task "tutorial").
+
+Input: a RecipeGen-style folder with one JSON per recipe (or one JSONL with one recipe per line):
+    {"id"/"recipe_id", "title"/"name"/"dish", "steps": [{"text"/"instruction"/"step", "image"/"image_path"}, …]}
+image paths relative to the JSON file (or to --images). Following the paper (§3.4) recipes with fewer than
+--min-steps (3) steps are dropped; plans longer than N_max are kept whole (the builders truncate to N_max = 6).
+
+    python scripts/convert_recipegen.py RECIPEGEN_DIR OUT_DIR [--min-steps 3] [--copy-images]
+
+Writes OUT_DIR/train.jsonl with image paths relative to OUT_DIR, and prints a summary.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shutil
+import sys
+from pathlib import Path
+
+TEXT_KEYS = ("text", "instruction", "step", "description", "caption")
+IMAGE_KEYS = ("image", "image_path", "img", "frame")
+
+
+def _first(d: dict, keys: tuple[str, ...]):
+    for k in keys:
+        if d.get(k):
+            return d[k]
+    return None
+
+
+def read_recipes(src: Path):
+    files = sorted(src.rglob("*.json")) + sorted(src.rglob("*.jsonl")) if src.is_dir() else [src]
+    for f in files:
+        lines = f.read_text().splitlines() if f.suffix == ".jsonl" else [f.read_text()]
+        for i, line in enumerate(x for x in lines if x.strip()):
+            yield f, i, json.loads(line)
+
+
+def convert(src: Path, out: Path, min_steps: int = 3, copy_images: bool = False, images: Path | None = None) -> dict:
+    out.mkdir(parents=True, exist_ok=True)
+    rows, skipped = [], {"too_few_steps": 0, "missing_image": 0, "missing_text": 0}
+    for f, i, rec in read_recipes(src):
+        steps = rec.get("steps") or rec.get("instructions") or []
+        texts = [_first(s, TEXT_KEYS) if isinstance(s, dict) else None for s in steps]
+        imgs = [_first(s, IMAGE_KEYS) if isinstance(s, dict) else None for s in steps]
+        if len(steps) < min_steps:
+            skipped["too_few_steps"] += 1
+            continue
+        if not all(texts):
+            skipped["missing_text"] += 1
+            continue
+        base = images or f.parent
+        paths = [base / p for p in imgs] if all(imgs) else []
+        if not paths or not all(p.is_file() for p in paths):
+            skipped["missing_image"] += 1
+            continue
+        rid = str(rec.get("id") or rec.get("recipe_id") or f"{f.stem}-{i}")
+        frames = []
+        for k, p in enumerate(paths):
+            if copy_images:
+                dst = out / "images" / rid / f"step{k + 1}{p.suffix}"
+                dst.parent.mkdir(parents=True, exist_ok=True)
+                shutil.copy2(p, dst)
+                p = dst
+            frames.append(os.path.relpath(p.resolve(), out.resolve()))
+        title = rec.get("title") or rec.get("name") or rec.get("dish") or "this dish"
+        rows.append({"id": f"recipegen-{rid}", "task": "tutorial", "prompt": f"How to make {title}",
+                     "plan": [t.strip() for t in texts], "frames": frames, "input_images": [],
+                     "meta": {"source": "RecipeGen", "file": str(f), "title": title}})
+    tmp = out / "train.jsonl.tmp"
+    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
+    tmp.replace(out / "train.jsonl")
+    return {"rows": len(rows), **skipped}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("src", type=Path)
+    ap.add_argument("out", type=Path)
+    ap.add_argument("--min-steps", type=int, default=3)
+    ap.add_argument("--copy-images", action="store_true", help="copy frames under OUT/images (else reference them)")
+    ap.add_argument("--images", type=Path, help="folder the step image paths are relative to")
+    a = ap.parse_args(argv)
+    print(json.dumps(convert(a.src, a.out, a.min_steps, a.copy_images, a.images)))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
