@@ -73,8 +73,20 @@ def build_parser() -> argparse.ArgumentParser:
     g.add_argument("--cfg-interval", type=_pair(float), help="LO,HI on the shifted t")
     g.add_argument("--cfg-renorm-type", choices=["global", "channel", "text_channel"])
     g.add_argument("--cfg-renorm-min", type=float)
-    g.add_argument("--entity-scale", type=float, help="localised entity CFG scale inside --entity-mask")
-    g.add_argument("--entity-mask", help="PNG mask (white = the entity's region) for --entity-scale")
+    e = p.add_argument_group("localised entity CFG (tutorial / compose / decompose / style; paper appendix A.1)")
+    e.add_argument("--entity-scale", type=float,
+                   help="guidance scale s_entity inside the entity's region (the text scale stays outside)")
+    e.add_argument("--entity-mask", help="'auto' (default): the region the entity token(s) attract in the latent "
+                   "tokens' attention; or a PNG mask (white = the entity's region)")
+    e.add_argument("--entity-token", help="entity token(s) to follow, comma-separated (default: all in the prompt; "
+                   "decompose: output m follows the m-th)")
+    e.add_argument("--entity-layers", help="auto mask: LLM layers to average, e.g. all (default), 8-20, 4,5,6")
+    e.add_argument("--entity-threshold", type=float, help="auto mask: threshold on the min-max normalised map "
+                   "(default 0.5)")
+    e.add_argument("--entity-top-fraction", type=float, help="auto mask: keep this fraction of the latent tokens "
+                   "instead of thresholding")
+    e.add_argument("--entity-step", type=int, help="auto mask: average attention over denoising steps 0..N "
+                   "(default 0); ordinary CFG before the mask exists")
     g.add_argument("--vae-transform", type=_pair(int), help="MAX,MIN pixel sides of the VAE input resize")
     g.add_argument("--vit-transform", type=_pair(int), help="MAX,MIN pixel sides of the ViT input resize")
 
@@ -107,7 +119,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 SETTING_FLAGS = ("seed", "num_timesteps", "timestep_shift", "cfg_text_scale", "cfg_img_scale", "cfg_interval",
-                 "cfg_renorm_type", "cfg_renorm_min", "entity_scale", "entity_mask", "vae_transform", "vit_transform",
+                 "cfg_renorm_type", "cfg_renorm_min", "entity_scale", "entity_mask", "entity_token", "entity_layers",
+                 "entity_threshold", "entity_top_fraction", "entity_step", "vae_transform", "vit_transform",
                  "num_steps", "k_max", "feedback", "plan_temperature", "max_plan_tokens", "strict_plan",
                  "num_outputs", "max_answer_tokens")
 

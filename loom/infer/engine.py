@@ -7,6 +7,7 @@ query blocks over one or several cached contexts. Every CFG branch of a denoisin
 
 from __future__ import annotations
 
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass
 
 import torch
@@ -21,6 +22,7 @@ from ..model.loom import Loom
 from ..model.mot import KVMerge, Routing
 from ..model.vae import decoded_to_uint8, patchify_latent, unpatchify_latent
 from .cache import Context
+from .entity_cfg import EntityGuidance, attention_to_mask, entity_attention_map, guided_velocity
 from .sampling import cfg_active, combine_cfg, sample_token
 
 
@@ -139,6 +141,31 @@ class Engine:
         per_block = [[(k.split(sizes)[b], v.split(sizes)[b]) for k, v in kv] for b in range(len(blocks))]
         return h, per_block
 
+    def attention_modules(self) -> list:
+        return [layer.self_attn for layer in self.model.language_model.model.layers]
+
+    @contextmanager
+    def capture_attention(self, layers: tuple[int, ...] | None, q_rows, k_rows):
+        """Switch on `Attention.capture` in `layers` (None = all) for the forwards inside the block; yields
+        {layer: dict}, each holding "q" [n, H, d] (post-RoPE queries `q_rows` of the packed query) and "k"
+        [m, Hkv, d] (merged keys `k_rows`) after a forward. Capture is always switched off again."""
+        mods = self.attention_modules()
+        idx = range(len(mods)) if layers is None else layers
+        caps = {i: {"q_rows": q_rows, "k_rows": k_rows} for i in idx}
+        try:
+            for i, c in caps.items():
+                mods[i].capture = c
+            yield caps
+        finally:
+            for i in caps:
+                mods[i].capture = None
+
+    def entity_map(self, caps: dict, positions: list[int]) -> Tensor:
+        """Mean over captured layers of `entity_attention_map` (heads and entity tokens averaged) → [n]."""
+        maps = [entity_attention_map(c["q"].transpose(0, 1), c["k"].transpose(0, 1), positions)
+                for c in caps.values()]
+        return torch.stack(maps).mean(0)
+
     def extend(self, ctx: Context, block: Block) -> Context:
         _, kv = self.forward_blocks([ctx], [block])
         return ctx.append(kv[0], block.rope_advance, block.what)
@@ -207,15 +234,31 @@ class Engine:
     def generate_image(self, cond: Context, text_uncond: Context | None, img_uncond: Context | None, h: int,
                        w: int, sampler: ImageSamplerConfig, noise: Tensor | None = None, frame: int = 0,
                        generator: torch.Generator | None = None, trace: dict | None = None,
-                       velocity_hook=None, callback=None) -> Tensor:
+                       velocity_hook=None, callback=None, entity: EntityGuidance | None = None) -> Tensor:
         """Shifted Euler flow sampling of an h×w-token image; the query is never written to any cache.
 
         Active CFG branches of a step run as one batched forward. Returns the final latent tokens [h·w, Dl].
         `trace` (optional dict) receives per-step velocities for parity checks; `callback(step, num_steps)` is
-        called after every Euler step (progress bars)."""
+        called after every Euler step (progress bars). `entity`: localised entity CFG (Loom appendix A.1) with a
+        given mask or one derived from the conditional branch's attention to the entity tokens, captured
+        inside the same forward (still one LLM pass per step); `velocity_hook`, when given, overrides it."""
         dl = self.cfg.latent_token_dim
         x = noise.clone().float() if noise is not None else torch.randn(h * w, dl, generator=generator)
         ts = inference_timesteps(sampler.num_timesteps, sampler.timestep_shift)
+        mask = None
+        if entity is not None:
+            entity.attention, entity.used_mask = None, None
+            if entity.mask is not None:
+                mask = entity.mask.reshape(-1).to(self.device)
+                if mask.numel() != h * w:
+                    raise ValueError(f"entity mask has {mask.numel()} tokens, the image has {h}x{w}")
+                entity.used_mask = mask
+            elif entity.context_len not in (None, cond.kv_len):
+                raise ValueError(f"entity positions were computed for {entity.context_len} context tokens, the "
+                                 f"conditional context has {cond.kv_len}")
+            elif max(entity.positions) >= cond.kv_len or min(entity.positions) < 0:
+                raise ValueError(f"entity positions {entity.positions} outside the {cond.kv_len}-token context")
+        attn_sum, n_caps = None, 0
         for i in range(sampler.num_timesteps - 1):
             t = float(ts[i])
             active = cfg_active(t, sampler.cfg_interval)
@@ -225,14 +268,29 @@ class Engine:
             use_i = s_i > 1.0 and img_uncond is not None and (use_t or not sampler.bagel_compat)
             ctxs = [cond] + ([text_uncond] if use_t else []) + ([img_uncond] if use_i else [])
             blocks = [self.latent_block(c, x, t, h, w, frame, 0, "query") for c in ctxs]
-            hid, _ = self.forward_blocks(ctxs, blocks)
             n = h * w + 2
+            capture = entity is not None and entity.mask is None and i <= entity.step
+            # cond's block comes first: its latent queries are rows 1..h·w, its keys the first kv_len + n
+            cap = (self.capture_attention(entity.layers, slice(1, n - 1), slice(0, cond.kv_len + n))
+                   if capture else nullcontext())
+            with cap as caps:
+                hid, _ = self.forward_blocks(ctxs, blocks)
+            if capture:
+                a = self.entity_map(caps, entity.positions).cpu()
+                attn_sum, n_caps = (a if attn_sum is None else attn_sum + a), n_caps + 1
+                entity.attention = attn_sum / n_caps
+                mask = attention_to_mask(entity.attention, h, w, entity.threshold, entity.top_fraction,
+                                         entity.smooth)
+                entity.used_mask = mask
             vs = [self.model.llm2vae(hid[b * n + 1:(b + 1) * n - 1]).float() for b in range(len(ctxs))]
             v_c = vs[0]
             v_t = vs[1] if use_t else None
             v_i = vs[-1] if use_i else None
             if velocity_hook is not None:
                 v = velocity_hook(v_c, v_t, v_i, s_t, s_i)
+            elif entity is not None and mask is not None:
+                v = guided_velocity(v_c, v_t, v_i, s_t, s_i, entity.scale, mask.to(v_c.device),
+                                    sampler.cfg_renorm_type, sampler.cfg_renorm_min, sampler.bagel_compat)
             else:
                 v = combine_cfg(v_c, v_t, v_i, s_t, s_i, sampler.cfg_renorm_type, sampler.cfg_renorm_min,
                                 sampler.bagel_compat)

@@ -13,15 +13,24 @@ Combination over [N, Dl] velocities (token order r·w + c, as `patchify_latent`)
   with a third branch v_e (conditional context without the entity text, loom-reference-code §5.5):
               v = v_u + s·(v_c − v_u) + m(i)·(s_entity − 1)·(v_c − v_e)
 s_entity = s (or 1 with the third branch), or an empty mask, gives back standard CFG exactly.
+
+`EntityGuidance` is what the sampler (`Engine.generate_image(entity=…)`) takes: a given mask, or the entity
+token positions in the conditional context plus the layers / step / threshold to derive it from attention
+(captured through the opt-in `Attention.capture` of `loom.model.mot`); the sampler records the map and the mask
+it used back on the object.
 """
 
 from __future__ import annotations
 
 import math
+import re
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import Tensor
+
+from .sampling import _renorm, combine_cfg
 
 
 def entity_attention_map(q: Tensor, k: Tensor, entity_positions: list[int] | Tensor,
@@ -34,15 +43,21 @@ def entity_attention_map(q: Tensor, k: Tensor, entity_positions: list[int] | Ten
     h, hk = q.shape[0], k.shape[0]
     if h % hk:
         raise ValueError(f"{h} query heads are not a multiple of {hk} key heads")
-    k = k.repeat_interleave(h // hk, dim=0)
-    logits = torch.einsum("hnd,hld->hnl", q.float(), k.float()) / math.sqrt(q.shape[-1])
-    if key_mask is not None:
-        logits = logits.masked_fill(~key_mask.to(logits.device)[None, None], float("-inf"))
-    probs = logits.softmax(-1)
-    pos = torch.as_tensor(entity_positions, dtype=torch.long, device=probs.device)
+    pos = torch.as_tensor(entity_positions, dtype=torch.long, device=q.device)
     if pos.numel() == 0:
         raise ValueError("no entity positions given")
-    return probs[:, :, pos].mean(dim=(0, 2))
+    group, n, length = h // hk, q.shape[1], k.shape[1]
+    # heads in chunks so that at most ~2^26 logits live at once (28 heads × 4096 latents × 10k keys otherwise)
+    chunk = max(1, min(h, (1 << 26) // max(1, n * length)))
+    total = torch.zeros(n, dtype=torch.float32, device=q.device)
+    for h0 in range(0, h, chunk):
+        heads = torch.arange(h0, min(h, h0 + chunk), device=q.device)
+        kk = k[heads // group].float()
+        logits = torch.einsum("hnd,hld->hnl", q[heads].float(), kk) / math.sqrt(q.shape[-1])
+        if key_mask is not None:
+            logits = logits.masked_fill(~key_mask.to(logits.device)[None, None], float("-inf"))
+        total += logits.softmax(-1)[:, :, pos].sum(dim=(0, 2))
+    return total / (h * pos.numel())
 
 
 def smooth_map(a: Tensor, h: int, w: int, kernel: int = 3) -> Tensor:
@@ -114,3 +129,107 @@ def combine_entity_cfg(v_cond: Tensor, v_uncond: Tensor, scale: float, entity_sc
         s = entity_scale_map(mask, scale, entity_scale).to(v_cond.dtype).unsqueeze(-1)
         return v_uncond + s * (v_cond - v_uncond)
     return v_uncond + scale * (v_cond - v_uncond) + m * (entity_scale - 1.0) * (v_cond - v_no_entity)
+
+
+def guided_velocity(v_c: Tensor, v_t: Tensor | None, v_i: Tensor | None, s_t: float, s_i: float,
+                    entity_scale: float, mask: Tensor | None, renorm_type: str = "global", renorm_min: float = 0.0,
+                    bagel_compat: bool = False) -> Tensor:
+    """`combine_cfg` with the text guidance localised: s_entity inside `mask`, s_t outside, then image CFG and
+    BAGEL's renorm exactly as `combine_cfg` orders them. Without a text branch (outside the CFG interval, or no
+    CFG-eligible text) or without a mask it *is* `combine_cfg`."""
+    if mask is None or v_t is None or s_t <= 1.0:
+        return combine_cfg(v_c, v_t, v_i, s_t, s_i, renorm_type, renorm_min, bagel_compat)
+    use_img = v_i is not None and s_i > 1.0
+    v = combine_entity_cfg(v_c, v_t, s_t, entity_scale, mask.to(v_c.device))
+    if renorm_type == "text_channel":
+        v = _renorm(v_c, v, True, renorm_min)
+        return v_i + s_i * (v - v_i) if use_img else v
+    if use_img:
+        v = v_i + s_i * (v - v_i)
+    return _renorm(v_c, v, renorm_type == "channel", renorm_min)
+
+
+@dataclass
+class EntityGuidance:
+    """Localised entity CFG for one sampled image.
+
+    Either `mask` ([h·w] bool or [0, 1], a user mask) or `positions` (entity-token indices into the conditional
+    context's keys): the sampler then captures the latent queries' attention to those keys in `layers` (None =
+    all) at denoising steps 0..`step`, keeps the running mean over heads / layers / tokens / steps and turns it
+    into the mask with `attention_to_mask(threshold, top_fraction, smooth)`. The mask guides every step from the
+    one it was computed at (ordinary CFG before); the capture rides on the conditional branch of the step's one
+    batched forward, so no extra LLM pass is run. After sampling, `attention` / `used_mask` hold what was used."""
+
+    scale: float
+    mask: Tensor | None = None
+    positions: list[int] | None = None
+    layers: tuple[int, ...] | None = None
+    step: int = 0
+    threshold: float | None = 0.5
+    top_fraction: float | None = None
+    smooth: int = 1
+    tags: tuple[str, ...] = ()  # for reports
+    context_len: int | None = None  # key length `positions` were computed for (checked against the context)
+    attention: Tensor | None = field(default=None, repr=False)
+    used_mask: Tensor | None = field(default=None, repr=False)
+
+    def __post_init__(self) -> None:
+        if self.mask is None and not self.positions:
+            raise ValueError("entity guidance needs a mask or entity token positions")
+        if self.step < 0:
+            raise ValueError(f"entity capture step must be ≥ 0, got {self.step}")
+
+    @property
+    def source(self) -> str:
+        return "user" if self.mask is not None else "attention"
+
+    def report(self) -> dict:
+        """JSON-ready summary: mask source, coverage (fraction of latent tokens inside), what defined it."""
+        m = self.used_mask if self.used_mask is not None else self.mask
+        d: dict = {"mask_source": self.source, "entity_scale": self.scale,
+                   "coverage": round(float(m.float().mean()), 6) if m is not None else None}
+        if self.source == "attention":
+            d.update(tokens=list(self.tags), num_token_positions=len(self.positions or []),
+                     layers=list(self.layers) if self.layers is not None else "all", step=self.step,
+                     threshold=self.threshold, top_fraction=self.top_fraction, smooth=self.smooth)
+        return d
+
+
+def parse_layers(spec: str | list[int] | tuple[int, ...] | None, num_layers: int) -> tuple[int, ...] | None:
+    """"all" / None → None (every layer); "8-20,24" → (8, …, 20, 24); negative indices count from the end."""
+    if spec is None or (isinstance(spec, str) and spec.strip().lower() in ("", "all")):
+        return None
+    items: list[int] = []
+    parts = spec.split(",") if isinstance(spec, str) else list(spec)
+    for part in parts:
+        if isinstance(part, str):
+            part = part.strip()
+            m = re.fullmatch(r"(-?\d+)\s*-\s*(-?\d+)", part)
+            if m:
+                a, b = (int(x) % num_layers if int(x) < 0 else int(x) for x in m.groups())
+                items.extend(range(a, b + 1))
+                continue
+            if not re.fullmatch(r"-?\d+", part):
+                raise ValueError(f"entity layers: cannot read {part!r} (use e.g. all, 8-20 or 4,5,6)")
+        i = int(part)
+        items.append(i % num_layers if i < 0 else i)
+    bad = [i for i in items if not 0 <= i < num_layers]
+    if bad or not items:
+        raise ValueError(f"entity layers {spec!r}: the model has layers 0..{num_layers - 1}")
+    return tuple(sorted(set(items)))
+
+
+def tag_token_positions(tok, ids: list[int], tags: list[str] | tuple[str, ...]) -> list[int]:
+    """Indices into `ids` of the tokens that spell any of `tags` (a registered entity token is one token; an
+    unregistered tag is several pieces, all of which are returned)."""
+    pieces = [tok.decode([i]) for i in ids]
+    starts, off = [], 0
+    for p in pieces:
+        starts.append(off)
+        off += len(p)
+    text = "".join(pieces)
+    out: set[int] = set()
+    for tag in tags:
+        for m in re.finditer(re.escape(tag), text):
+            out.update(j for j, (a, p) in enumerate(zip(starts, pieces)) if a < m.end() and a + len(p) > m.start())
+    return sorted(out)

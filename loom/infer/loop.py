@@ -38,6 +38,7 @@ from ..data.tokenizer import SpecialTokens
 from ..data.types import PlanItem
 from .cache import Context
 from .engine import Engine, ImageSamplerConfig
+from .entity_cfg import EntityGuidance
 from .planner import PlanError, PlanResult, parse_or_raise
 
 
@@ -114,6 +115,26 @@ class ItemContexts:
         while len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
 
+    def token_positions(self, items: list[PlanItem | str], tags: list[str] | tuple[str, ...]
+                        ) -> tuple[list[int], int]:
+        """(key positions of the text tokens spelling any of `tags` (entity tokens), key length) of the context
+        `build(items)` makes, from the items' block sizes alone: text `<|im_start|> ids <|im_end|>`, images
+        their tokens between two markers, RoPE gaps nothing."""
+        from .entity_cfg import tag_token_positions
+
+        eng, out, off = self.engine, [], 0
+        for it in items:
+            if isinstance(it, str):
+                continue
+            if it.type == "text":
+                ids = list(it.text_ids)
+                out += [off + 1 + j for j in tag_token_positions(eng.tok, ids, tags)]
+                off += len(ids) + 2
+            else:
+                stride = eng.cfg.vit.patch_size if it.type == "vit_image" else eng.cfg.pixels_per_latent_token
+                off += (it.image.shape[1] // stride) * (it.image.shape[2] // stride) + 2
+        return out, off
+
     def drop(self, items: list[PlanItem], what: str) -> list[PlanItem | str]:
         """Items of a CFG branch: `what`="text" removes CFG-eligible texts, "image" CFG-eligible images."""
         out: list[PlanItem | str] = []
@@ -172,6 +193,7 @@ class Frame:
     seed: int
     seconds: float
     num_context_tokens: int
+    entity: EntityGuidance | None = None  # localised entity CFG used for this frame (mask, its source)
 
 
 @dataclass
@@ -189,15 +211,17 @@ def frame_seed(base_seed: int, index: int) -> int:
 
 def render_frame(engine: Engine, contexts: ItemContexts, items: list[PlanItem], h: int, w: int,
                  sampler: ImageSamplerConfig, frame: int, seed: int, stats: RenderStats | None = None,
-                 callback: Callable[[int, int], None] | None = None, velocity_hook=None) -> tuple[Tensor, Image.Image]:
-    """Prefill (cached) the three CFG contexts of `items`, then sample an h×w-token image on slot `frame`."""
+                 callback: Callable[[int, int], None] | None = None, velocity_hook=None,
+                 entity: EntityGuidance | None = None) -> tuple[Tensor, Image.Image]:
+    """Prefill (cached) the three CFG contexts of `items`, then sample an h×w-token image on slot `frame`
+    (with localised entity CFG when `entity` is given)."""
     t0, n0 = time.perf_counter(), engine.num_forwards
     cond, text_uncond, img_uncond = contexts.branches(items)
     t1, n1 = time.perf_counter(), engine.num_forwards
     gen = torch.Generator().manual_seed(seed)
     noise = torch.randn(h * w, engine.cfg.latent_token_dim, generator=gen)
     tokens = engine.generate_image(cond, text_uncond, img_uncond, h, w, sampler, noise=noise, frame=frame,
-                                   velocity_hook=velocity_hook, callback=callback)
+                                   velocity_hook=velocity_hook, callback=callback, entity=entity)
     _, pil = engine.decode_latents(tokens, h, w)
     if stats is not None:
         stats.num_forwards_prefill += n1 - n0
@@ -259,35 +283,41 @@ def render_tutorial(engine: Engine, contexts: ItemContexts, bctx: BuildContext, 
                     mem: MemoryImages, prefix: list[PlanItem], plan: PlanItem, steps: list[str], h: int, w: int,
                     sampler: ImageSamplerConfig, seed: int, k_max: int, feedback: str = "latent",
                     on_frame_start: Callable[[int, int, list[int]], Callable[[int, int], None] | None] | None = None,
-                    velocity_hook_for: Callable[[list[PlanItem]], object] | None = None) -> TutorialRender:
-    """Render frame t = 1..N on [prefix, plan, history(t), Step t: S_t], feeding each frame back clean."""
+                    velocity_hook_for: Callable[[list[PlanItem]], object] | None = None,
+                    entity_for: Callable[[list[PlanItem], int], EntityGuidance | None] | None = None
+                    ) -> TutorialRender:
+    """Render frame t = 1..N on [prefix, plan, history(t), Step t: S_t], feeding each frame back clean.
+    `entity_for(items, t)` gives frame t's localised entity CFG (or None)."""
     if feedback not in ("latent", "pixel"):
         raise ValueError(f"feedback must be 'latent' or 'pixel', got {feedback!r}")
     stats = RenderStats()
     frames: list[Frame] = []
     for t, text in enumerate(steps, 1):
         hist = sparse_history_indices(t - 1, k_max, 0)  # o = 0 at inference (Eq. 4)
-        items = [*prefix, plan, *history_items(bctx, images, {k: f"frame{k}" for k in hist}),
-                 step_item(bctx, t, text)]
+        items = [*prefix, plan, *history_items(bctx, images, {k: f"frame{k}" for k in hist})]
+        if bctx.config.stepwise_prompt:  # ablation "w/o Stepwise Prompt": trained without S_t, rendered without
+            items.append(step_item(bctx, t, text))
         callback = on_frame_start(t, len(steps), hist) if on_frame_start else None
         hook = velocity_hook_for(items) if velocity_hook_for else None
+        ent = entity_for(items, t) if entity_for else None
         t0 = time.perf_counter()
         fs = frame_seed(seed, t)
-        tokens, pil = render_frame(engine, contexts, items, h, w, sampler, bctx.frame(t), fs, stats, callback, hook)
+        tokens, pil = render_frame(engine, contexts, items, h, w, sampler, bctx.frame(t), fs, stats, callback, hook,
+                                   ent)
         secs = time.perf_counter() - t0
         stats.frame_seconds.append(secs)
         mem.images[f"frame{t}"] = pil
         if feedback == "latent":  # the history item's VAE tensor stands for the generated latents
             contexts.set_latents(images.vae(f"frame{t}"), tokens, h, w)
         n_ctx = contexts.build(items).kv_len
-        frames.append(Frame(t, text, pil, tokens, hist, fs, secs, n_ctx))
+        frames.append(Frame(t, text, pil, tokens, hist, fs, secs, n_ctx, ent))
     return TutorialRender(frames, stats)
 
 
 def render_outputs(engine: Engine, contexts: ItemContexts, bctx: BuildContext, images: ImageCache,
                    mem: MemoryImages, prefix: list[PlanItem], num_outputs: int, h: int, w: int,
                    sampler: ImageSamplerConfig, seed: int, feedback: str = "latent", vit: bool = True,
-                   on_frame_start=None, velocity_hook_for=None) -> TutorialRender:
+                   on_frame_start=None, velocity_hook_for=None, entity_for=None) -> TutorialRender:
     """Composition / style (M = 1) and decomposition (M outputs on slots 1..M, each earlier output fed back
     clean — VAE + ViT with e_m — exactly the `build_decompose` layout)."""
     from ..data.builders.base import clean_image_items
@@ -299,13 +329,15 @@ def render_outputs(engine: Engine, contexts: ItemContexts, bctx: BuildContext, i
         items = [*prefix, *fed]
         callback = on_frame_start(m, num_outputs, list(range(1, m))) if on_frame_start else None
         hook = velocity_hook_for(items) if velocity_hook_for else None
+        ent = entity_for(items, m) if entity_for else None
         t0 = time.perf_counter()
         fs = frame_seed(seed, m)
-        tokens, pil = render_frame(engine, contexts, items, h, w, sampler, bctx.frame(m), fs, stats, callback, hook)
+        tokens, pil = render_frame(engine, contexts, items, h, w, sampler, bctx.frame(m), fs, stats, callback, hook,
+                                   ent)
         secs = time.perf_counter() - t0
         stats.frame_seconds.append(secs)
         n_ctx = contexts.build(items).kv_len
-        frames.append(Frame(m, "", pil, tokens, list(range(1, m)), fs, secs, n_ctx))
+        frames.append(Frame(m, "", pil, tokens, list(range(1, m)), fs, secs, n_ctx, ent))
         if m < num_outputs:
             mem.images[f"output{m}"] = pil
             new = clean_image_items(bctx, images, f"output{m}", m, bctx.config.cfg_images, vit, f"output{m}")

@@ -7,6 +7,7 @@ Layout of an output folder:
     result.json                    prompt, plan, steps [{index, text, image, history, seed, seconds}], seeds,
                                    settings, timings, plan source … (`RESULT_FORMAT`); written LAST
     index.html                     the tutorial as a person reads it (plan, then step text above each frame)
+    entity_mask_NN.png             with localised entity CFG: the token mask used for frame NN (white = s_entity)
 
 Everything is written to a hidden temp folder next to the target and moved in at the end, result.json last, so
 a crash never leaves a half-written item that looks finished (`loom.eval` and `--batch` resume on result.json).
@@ -22,6 +23,9 @@ import tempfile
 import time
 from pathlib import Path
 
+import torch
+from PIL import Image
+
 from .pipeline import GenerationResult
 
 RESULT_FORMAT = "loom.generate/1"
@@ -31,12 +35,52 @@ def frame_name(k: int) -> str:
     return f"frame_{k:02d}.png"
 
 
+def entity_mask_name(k: int) -> str:
+    return f"entity_mask_{k:02d}.png"
+
+
+def entity_mask_image(frame) -> Image.Image | None:
+    """The frame's entity token mask at the frame's pixel size (nearest), white = inside; None without one."""
+    ent = frame.entity
+    m = None if ent is None else ent.used_mask
+    if m is None:
+        return None
+    im = frame.image
+    px = _token_px(frame)
+    h, w = im.height // px, im.width // px
+    arr = (m.reshape(h, w).float().clamp(0, 1) * 255).round().to(torch.uint8).cpu().numpy()
+    return Image.fromarray(arr, mode="L").resize((im.width, im.height), Image.NEAREST)
+
+
+def _token_px(frame) -> int:
+    """Pixels per latent token side, from the frame's size and token count (square tokens)."""
+    n, im = frame.tokens.shape[0], frame.image
+    return int(round((im.width * im.height / n) ** 0.5))
+
+
+def entity_summary(frames) -> dict | None:
+    """result.json's "entity_cfg": mask source(s) and coverage (fraction of latent tokens inside the mask)."""
+    reps = [f.entity.report() for f in frames if f.entity is not None]
+    if not reps:
+        return None
+    cov = [r["coverage"] for r in reps if r["coverage"] is not None]
+    sources = sorted({r["mask_source"] for r in reps})
+    return {"mask_source": sources[0] if len(sources) == 1 else sources,
+            "coverage": round(sum(cov) / len(cov), 6) if cov else None,
+            "frames_with_entity_cfg": len(reps), "frames": len(frames)}
+
+
 def result_dict(res: GenerationResult, input_rels: list[str]) -> dict:
     s = res.settings
     plan_steps = res.plan.steps if res.plan else []
     steps = [{"index": f.index, "text": f.text, "image": frame_name(f.index), "history": list(f.history),
               "seed": f.seed, "seconds": round(f.seconds, 4), "context_tokens": f.num_context_tokens}
              for f in res.frames]
+    for st, f in zip(steps, res.frames):
+        if f.entity is not None:
+            st["entity_cfg"] = f.entity.report()
+            if f.entity.used_mask is not None:
+                st["entity_cfg"]["mask_image"] = entity_mask_name(f.index)
     d = {
         "format": RESULT_FORMAT,
         "task": res.task,
@@ -72,6 +116,9 @@ def result_dict(res: GenerationResult, input_rels: list[str]) -> dict:
                          "per_denoising_step": st.num_forwards_denoise / n_denoise_steps if res.frames else 0}
     d["timings"] = timings
     d["model"] = res.model
+    ent = entity_summary(res.frames)
+    if ent is not None:
+        d["entity_cfg"] = ent
     if res.notes:
         d["notes"] = list(res.notes)
     d["created"] = time.strftime("%Y-%m-%dT%H:%M:%S%z")
@@ -154,6 +201,9 @@ def write_result(res: GenerationResult, out: str | Path, overwrite: bool = False
             input_rels.append(rel)
         for f in res.frames:
             f.image.save(tmp / frame_name(f.index))
+            mask = entity_mask_image(f)
+            if mask is not None:
+                mask.save(tmp / entity_mask_name(f.index))
         d = result_dict(res, input_rels)
         (tmp / "index.html").write_text(render_html(d), encoding="utf-8")
         _write_json(tmp / "result.json", d)
@@ -169,7 +219,7 @@ def _commit(tmp: Path, out: Path) -> None:
         os.replace(tmp, out)
         return
     (out / "result.json").unlink(missing_ok=True)  # the old result stops counting as finished first
-    for stale in out.glob("frame_*.png"):
+    for stale in [*out.glob("frame_*.png"), *out.glob("entity_mask_*.png")]:
         if not (tmp / stale.name).exists():
             stale.unlink()
     files = sorted((p for p in tmp.rglob("*") if p.is_file()), key=lambda p: p.name == "result.json")

@@ -28,7 +28,7 @@ from ..data.builders.tutorial import plan_item, scaffold_text, tutorial_prefix
 from ..data.records import PLACEHOLDER_RE
 from ..data.transforms import ImageTransform
 from .engine import Engine, ImageSamplerConfig
-from .entity_cfg import combine_entity_cfg, mask_from_pixels
+from .entity_cfg import EntityGuidance, guided_velocity, mask_from_pixels, parse_layers
 from .loop import (
     Frame,
     InputError,
@@ -46,6 +46,7 @@ from .sampling import RENORM_TYPES
 
 TASKS = ("tutorial", "compose", "decompose", "style", "t2i", "edit", "understand")
 IMAGE_TASKS = ("tutorial", "compose", "decompose", "style", "t2i", "edit")
+ENTITY_TASKS = ("tutorial", "compose", "decompose", "style")  # tasks whose prompts carry entity tokens
 # (min, max) input images per task (max None = the model's reference slots)
 NUM_INPUTS = {"tutorial": (0, 1), "compose": (1, None), "decompose": (1, 1), "style": (2, 2), "t2i": (0, 0),
               "edit": (1, 1), "understand": (0, None)}
@@ -90,9 +91,16 @@ class GenerationSettings:
     # understanding
     max_answer_tokens: int = 1000
     answer_temperature: float = 0.0
-    # localised entity CFG (tasks with entity tokens)
-    entity_scale: float | None = None
-    entity_mask: str | None = None  # PNG, white = entity region
+    # localised entity CFG (tasks with entity tokens; Loom appendix A.1)
+    entity_scale: float | None = None  # s_entity inside the entity's region; None = off
+    entity_mask: str | None = None  # "auto" (default): from the entity tokens' attention; or a PNG, white = region
+    entity_token: str | None = None  # which entity token(s), comma-separated; None: all in the prompt
+    # (decompose: output m uses the m-th)
+    entity_layers: str | None = None  # LLM layers whose attention defines the region: "all" (None), "8-20", "4,5"
+    entity_threshold: float | None = None  # on the min-max normalised map; None: 0.5 (unless a top fraction)
+    entity_top_fraction: float | None = None  # instead of a threshold: the top fraction of latent tokens
+    entity_step: int = 0  # attention is averaged over denoising steps 0..entity_step; the mask applies from there
+    entity_smooth: int = 3  # odd box-blur kernel on the token grid before thresholding (1 = none)
     # input preprocessing (max, min) for the VAE / ViT resize rules; None: BAGEL's, clamped to the model tables
     vae_transform: tuple[int, int] | None = None
     vit_transform: tuple[int, int] | None = None
@@ -241,6 +249,8 @@ class Pipeline:
         s = (settings or GenerationSettings()).resolved(task)
         if task != "tutorial" and planner is not None:
             raise InputError(f"a planner only applies to the tutorial task, not {task!r}")
+        if s.entity_scale is not None and task not in ENTITY_TASKS:
+            raise InputError(f"--entity-scale applies to {', '.join(ENTITY_TASKS)}, not {task!r}")
         if s.num_steps is not None and not 1 <= s.num_steps <= self.build.n_max:
             raise InputError(f"--steps {s.num_steps}: this model renders 1 to N_max = {self.build.n_max} steps")
         self._set_transforms(s)
@@ -272,35 +282,84 @@ class Pipeline:
             return cb
         return start
 
+    def _entity_tags(self, s: GenerationSettings, text: str) -> list[str]:
+        """The entity tokens localised CFG follows: --entity-token (checked against the text), else every entity
+        token the text contains, in order of first appearance."""
+        found = sorted({t for t in self.build.entity_tokens if t in text}, key=text.index)
+        if s.entity_token is not None:
+            want = [t.strip() for t in s.entity_token.split(",") if t.strip()]
+            missing = [t for t in want if t not in text]
+            if not want or missing:
+                raise InputError(f"--entity-token {s.entity_token}: {', '.join(missing) or 'nothing'} not in the "
+                                 "prompt")
+            return want
+        if not found:
+            raise InputError(f"--entity-scale needs an entity token in the prompt ({', '.join(self.build.entity_tokens)})")
+        return found
+
+    def _user_mask(self, path: str, h: int, w: int) -> torch.Tensor:
+        m = load_image_file(path).convert("L")
+        m = m.resize((w * self.stride, h * self.stride), Image.NEAREST)
+        return mask_from_pixels(torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0), h, w)
+
     def _entity_hook(self, s: GenerationSettings, prompt: str, h: int, w: int):
-        """Velocity hook for localised entity CFG (s_entity inside the mask, the text scale outside)."""
+        """Velocity hook for localised entity CFG with a user mask (s_entity inside, the text scale outside), for
+        callers that drive `Engine.generate_image` themselves; the tasks pass `EntityGuidance` instead."""
         if s.entity_scale is None:
             return None
-        from .sampling import _renorm
-
-        tags = [t for t in self.build.entity_tokens if t in prompt]
-        if not tags:
-            raise InputError(f"--entity-scale needs an entity token in the prompt ({', '.join(self.build.entity_tokens)})")
-        if s.entity_mask is None:
-            raise InputError("--entity-scale needs --entity-mask PNG (white = the entity's region)")
-        m = load_image_file(s.entity_mask).convert("L")
-        m = m.resize((w * self.stride, h * self.stride), Image.NEAREST)
-        mask = mask_from_pixels(torch.from_numpy(np.asarray(m, dtype=np.float32) / 255.0), h, w)
+        self._entity_tags(s, prompt)
+        if s.entity_mask in (None, "auto"):
+            raise InputError("a velocity hook needs --entity-mask PNG; attention masks come from the sampler")
+        mask = self._user_mask(s.entity_mask, h, w)
         rt, rmin = s.cfg_renorm_type, s.cfg_renorm_min
 
         def hook(v_c, v_t, v_i, s_t, s_i):
-            if v_t is None:  # outside the CFG interval: plain conditional (or image-only) guidance
-                from .sampling import combine_cfg
-
-                return combine_cfg(v_c, v_t, v_i, s_t, s_i, rt, rmin)
-            v = combine_entity_cfg(v_c, v_t, s_t, s.entity_scale, mask.to(v_c.device))
-            if rt == "text_channel":
-                v = _renorm(v_c, v, True, rmin)
-                return v_i + s_i * (v - v_i) if v_i is not None and s_i > 1 else v
-            if v_i is not None and s_i > 1:
-                v = v_i + s_i * (v - v_i)
-            return _renorm(v_c, v, rt == "channel", rmin)
+            return guided_velocity(v_c, v_t, v_i, s_t, s_i, s.entity_scale, mask.to(v_c.device), rt, rmin)
         return lambda items: hook
+
+    def _entity_for(self, s: GenerationSettings, contexts: ItemContexts, text: str, h: int, w: int,
+                    frame_texts: list[str] | None = None):
+        """`entity_for(items, k)` for the render loops: frame k's `EntityGuidance` (None = ordinary CFG), or None
+        when localised entity CFG is off. Without --entity-token, frame k follows the entity tokens of
+        `frame_texts[k-1]` when it names any (tutorial: step k's text; decompose: the k-th token), else all."""
+        entity_knobs = (s.entity_mask, s.entity_token, s.entity_layers, s.entity_threshold, s.entity_top_fraction)
+        if s.entity_scale is None:
+            if any(v is not None for v in entity_knobs):
+                raise InputError("--entity-mask / --entity-token / --entity-layers / --entity-threshold need "
+                                 "--entity-scale")
+            return None
+        tags = self._entity_tags(s, text)
+        if s.entity_mask not in (None, "auto"):
+            mask = self._user_mask(s.entity_mask, h, w)
+            return lambda items, k: EntityGuidance(s.entity_scale, mask=mask, tags=tuple(tags))
+        try:
+            layers = parse_layers(s.entity_layers, self.engine.cfg.llm.num_hidden_layers)
+        except ValueError as e:
+            raise InputError(str(e)) from None
+        threshold = s.entity_threshold
+        if threshold is None and s.entity_top_fraction is None:
+            threshold = 0.5
+        if threshold is not None and not 0.0 <= threshold <= 1.0:
+            raise InputError(f"--entity-threshold must be in [0, 1] (on the normalised map), got {threshold}")
+        if s.entity_top_fraction is not None and not 0.0 < s.entity_top_fraction <= 1.0:
+            raise InputError(f"--entity-top-fraction must be in (0, 1], got {s.entity_top_fraction}")
+        if not 0 <= s.entity_step < s.num_timesteps - 1:
+            raise InputError(f"--entity-step must be in 0..{s.num_timesteps - 2} (a denoising step), got "
+                             f"{s.entity_step}")
+        if s.entity_smooth < 1 or s.entity_smooth % 2 == 0:
+            raise InputError(f"entity_smooth must be an odd kernel ≥ 1, got {s.entity_smooth}")
+        def make(items, k: int) -> EntityGuidance | None:
+            use = tags
+            if s.entity_token is None and frame_texts is not None and k <= len(frame_texts):
+                use = [t for t in tags if t in frame_texts[k - 1]] or tags
+            pos, total = contexts.token_positions(items, use)
+            if not pos:
+                return None
+            return EntityGuidance(s.entity_scale, positions=pos, layers=layers, step=s.entity_step,
+                                  threshold=threshold if s.entity_top_fraction is None else None,
+                                  top_fraction=s.entity_top_fraction, smooth=s.entity_smooth, tags=tuple(use),
+                                  context_len=total)
+        return make
 
     # ---- tasks ----------------------------------------------------------------------------------------------------
     def _run_tutorial(self, res: GenerationResult, planner, progress: bool) -> None:
@@ -329,7 +388,8 @@ class Pipeline:
         res.timings["plan_seconds"] = plan.seconds
         out = render_tutorial(eng, contexts, bctx, images, mem, prefix, item, plan.steps, h, w, s.sampler(), s.seed,
                               k_max, s.feedback, self._progress(progress, s.num_timesteps, "frame"),
-                              self._entity_hook(s, res.prompt + " " + plan.text, h, w))
+                              entity_for=self._entity_for(s, contexts, res.prompt + " " + plan.text, h, w,
+                                                          plan.steps))
         res.frames, res.stats = out.frames, out.stats
 
     def _multi(self, res: GenerationResult, num_outputs: int, progress: bool) -> None:
@@ -347,8 +407,14 @@ class Pipeline:
         out = render_outputs(eng, contexts, bctx, images, mem, prefix, num_outputs, h, w, s.sampler(), s.seed,
                              s.feedback, self.build.use_vit_for_references,
                              self._progress(progress, s.num_timesteps, "output"),
-                             self._entity_hook(s, res.prompt, h, w))
+                             entity_for=self._entity_for(s, contexts, res.prompt, h, w, self._decompose_parts(res)))
         res.frames, res.stats = out.frames, out.stats
+
+    def _decompose_parts(self, res: GenerationResult) -> list[str] | None:
+        """Decompose: output m isolates the m-th entity token of the prompt (frame texts for `_entity_for`)."""
+        if res.task != "decompose":
+            return None
+        return sorted({t for t in self.build.entity_tokens if t in res.prompt}, key=res.prompt.index)
 
     def _run_compose(self, res, planner, progress):
         self._multi(res, 1, progress)

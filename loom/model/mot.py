@@ -68,6 +68,10 @@ class Attention(nn.Module):
                 setattr(self, f"q_norm{s}", RMSNorm(d, cfg.rms_norm_eps))
                 setattr(self, f"k_norm{s}", RMSNorm(d, cfg.rms_norm_eps))
         self.qk_norm = cfg.qk_norm
+        # Opt-in attention capture (inference analysis, e.g. localised entity CFG): None = off, zero cost. When a
+        # dict, each forward stores capture["q"] = q[capture.get("q_rows", :)] [n, H, d] (post-norm, post-RoPE)
+        # and capture["k"] = merged keys[capture.get("k_rows", :)] [m, Hkv, d] (cached + new, as attended).
+        self.capture: dict | None = None
 
     def _qkv(self, x: Tensor, s: str) -> Tensor:
         n = x.shape[0]
@@ -93,6 +97,10 @@ class Attention(nn.Module):
             v_all = v.new_empty((merge.length, hkv, self.head_dim))
             k_all[merge.past_idx], v_all[merge.past_idx] = past[0].to(k.dtype), past[1].to(v.dtype)
             k_all[merge.new_idx], v_all[merge.new_idx] = k, v
+        if self.capture is not None:
+            # clones: a row slice must not keep the whole packed q / merged K of every branch alive
+            self.capture["q"] = q[self.capture.get("q_rows", slice(None))].detach().clone()
+            self.capture["k"] = k_all[self.capture.get("k_rows", slice(None))].detach().clone()
         o = attention(q, k_all, v_all, spec, backend).reshape(x.shape[0], h * self.head_dim)
         out = route.apply(o, self.o_proj, getattr(self, f"o_proj{gen}"))
         return out, (k, v)
