@@ -28,11 +28,11 @@ class LanguageModel(nn.Module):
         self.config = cfg
         self.model = DecoderStack(cfg)
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
-        self.gradient_checkpointing = False
+        self.freeze_und = False  # BAGEL's freeze_und: detach understanding activations (set by loom.train.optim)
 
     def forward(self, x: Tensor, position_ids: Tensor, route: Routing, spec: MaskSpec, backend: str = "sdpa",
-                past: list[tuple[Tensor, Tensor]] | None = None, merge: KVMerge | None = None
-                ) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
+                past: list[tuple[Tensor, Tensor]] | None = None, merge: KVMerge | None = None,
+                return_kv: bool = True) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
         """x [L, D] embedded tokens, position_ids [L] → (final-normed hidden [L, D], per-layer (k, v) of x).
 
         `past`/`merge` supply cached K/V (inference); the returned K/V are those of the L new tokens only.
@@ -41,7 +41,8 @@ class LanguageModel(nn.Module):
         new_kv = []
         for i, layer in enumerate(self.model.layers):
             layer_past = past[i] if past is not None else None
-            x, kv = layer(x, route, cos, sin, spec, backend, layer_past, merge)
-            new_kv.append(kv)
+            x, kv = layer(x, route, cos, sin, spec, backend, layer_past, merge, return_kv)
+            if return_kv:
+                new_kv.append(kv)
         norm_gen = self.model.norm_moe_gen if self.config.mot else self.model.norm
         return route.apply(x, self.model.norm, norm_gen), new_kv

@@ -139,8 +139,11 @@ class Loom(nn.Module):
         gen_mask = torch.zeros(batch.sequence_length, dtype=torch.bool, device=x.device)
         gen_mask[batch.packed_vae_token_indexes] = True
         spec = spec_from_splits(batch.sample_lens, batch.split_lens, batch.attn_modes, x.device)
-        h, _ = self.language_model(x, batch.packed_position_ids, Routing.from_gen_mask(gen_mask), spec,
-                                   self.attn_backend)
+        freeze_und = self.language_model.freeze_und
+        if freeze_und:  # understanding inputs are constants too (bagel-spec §2.4)
+            x = torch.where(gen_mask[:, None], x, x.detach())
+        h, _ = self.language_model(x, batch.packed_position_ids, Routing.from_gen_mask(gen_mask, freeze_und), spec,
+                                   self.attn_backend, return_kv=False)
 
         logits = self.language_model.lm_head(h[batch.ce_loss_indexes])
         ce = F.cross_entropy(logits.float(), batch.packed_label_ids, reduction="none")

@@ -25,18 +25,25 @@ class Routing:
     und_idx: Tensor  # [N_und] int64
     gen_idx: Tensor  # [N_gen] int64
     length: int
+    # BAGEL's freeze_und (bagel-spec §2.4): understanding-token activations are detached after every routed op,
+    # so no gradient reaches und weights and generation tokens see und K/V as constants.
+    detach_und: bool = False
 
     @classmethod
-    def from_gen_mask(cls, gen_mask: Tensor) -> Routing:
-        return cls(torch.nonzero(~gen_mask).squeeze(1), torch.nonzero(gen_mask).squeeze(1), int(gen_mask.numel()))
+    def from_gen_mask(cls, gen_mask: Tensor, detach_und: bool = False) -> Routing:
+        return cls(torch.nonzero(~gen_mask).squeeze(1), torch.nonzero(gen_mask).squeeze(1), int(gen_mask.numel()),
+                   detach_und)
 
     def apply(self, x: Tensor, f_und, f_gen) -> Tensor:
         """out[und] = f_und(x[und]); out[gen] = f_gen(x[gen]) (cheap path when one side is empty)."""
         if self.gen_idx.numel() == 0:
-            return f_und(x)
+            y = f_und(x)
+            return y.detach() if self.detach_und else y
         if self.und_idx.numel() == 0:
             return f_gen(x)
         yu, yg = f_und(x[self.und_idx]), f_gen(x[self.gen_idx])
+        if self.detach_und:
+            yu = yu.detach()
         out = yu.new_empty((self.length, *yu.shape[1:]))
         out[self.und_idx] = yu
         out[self.gen_idx] = yg.to(yu.dtype)
@@ -83,9 +90,10 @@ class Attention(nn.Module):
         return torch.cat([q, k, v], dim=1)
 
     def forward(self, x: Tensor, route: Routing, cos: Tensor, sin: Tensor, spec: MaskSpec, backend: str,
-                past: tuple[Tensor, Tensor] | None = None, merge: KVMerge | None = None
-                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
-        """x [L, D] → (out [L, D], (k, v) of these L tokens [L, Hkv, d] post-norm post-RoPE, for the cache)."""
+                past: tuple[Tensor, Tensor] | None = None, merge: KVMerge | None = None, return_kv: bool = True
+                ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+        """x [L, D] → (out [L, D], (k, v) of these L tokens [L, Hkv, d] post-norm post-RoPE, for the cache;
+        None when `return_kv` is False — training, where returning views would only upset FSDP2)."""
         gen = "_moe_gen" if self.mot else ""
         qkv = route.apply(x, lambda t: self._qkv(t, ""), lambda t: self._qkv(t, gen))
         h, hkv = self.num_heads, self.num_kv_heads
@@ -103,7 +111,7 @@ class Attention(nn.Module):
             self.capture["k"] = k_all[self.capture.get("k_rows", slice(None))].detach().clone()
         o = attention(q, k_all, v_all, spec, backend).reshape(x.shape[0], h * self.head_dim)
         out = route.apply(o, self.o_proj, getattr(self, f"o_proj{gen}"))
-        return out, (k, v)
+        return out, ((k, v) if return_kv else None)
 
 
 class DecoderLayer(nn.Module):
@@ -125,10 +133,10 @@ class DecoderLayer(nn.Module):
         return getattr(self, f"{name}_moe_gen") if self.mot else getattr(self, name)
 
     def forward(self, x: Tensor, route: Routing, cos: Tensor, sin: Tensor, spec: MaskSpec, backend: str,
-                past: tuple[Tensor, Tensor] | None = None, merge: KVMerge | None = None
-                ) -> tuple[Tensor, tuple[Tensor, Tensor]]:
+                past: tuple[Tensor, Tensor] | None = None, merge: KVMerge | None = None, return_kv: bool = True
+                ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
         n = route.apply(x, self.input_layernorm, self._twin("input_layernorm"))
-        a, kv = self.self_attn(n, route, cos, sin, spec, backend, past, merge)
+        a, kv = self.self_attn(n, route, cos, sin, spec, backend, past, merge, return_kv)
         x = x + a
         m = route.apply(
             x, lambda t: self.mlp(self.post_attention_layernorm(t)),

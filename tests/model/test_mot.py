@@ -71,3 +71,23 @@ def test_dense_layer_variant_and_copy_init():
     mot.init_moe_from_und()
     assert torch.equal(mot.self_attn.q_proj_moe_gen.weight, mot.self_attn.q_proj.weight)
     assert torch.equal(mot.mlp_moe_gen.up_proj.weight, mot.mlp.up_proj.weight)
+
+
+def test_freeze_und_detaches_understanding_activations():
+    """BAGEL's freeze_und: a mixed batch trains only generation weights (and lm_head from CE); the und expert
+    gets exactly zero gradient even though CE and MSE both flow."""
+    model, cfg = _model()
+    model.language_model.freeze_und = True
+    vae = build_autoencoder(cfg.vae)
+    plan = SequencePlan([PlanItem("text", text_ids=[5, 6], loss=True),
+                         PlanItem("vae_image", image=torch.rand(3, 16, 16) * 2 - 1, loss=True, timestep_logit=0.0)])
+    batch = pack_sequences([plan], TOKENS, PackGeometry.from_config(cfg))
+    x0 = torch.cat(encode_to_tokens(vae, batch.vae_images, batch.vae_latent_shapes, cfg.latent_patch_size))
+    batch.packed_noise = torch.randn_like(x0)
+    g = _grads(model, batch, x0)
+    und = [n for n in g if n.startswith("language_model.model.") and "_moe_gen" not in n]
+    assert all(g[n] is None or float(g[n].abs().sum()) == 0.0 for n in und)
+    assert float(g["language_model.model.layers.0.self_attn.q_proj_moe_gen.weight"].abs().sum()) > 0
+    model.language_model.freeze_und = False
+    g = _grads(model, batch, x0)
+    assert float(g["language_model.model.layers.0.self_attn.k_proj.weight"].abs().sum()) > 0
