@@ -39,7 +39,12 @@ def _context(args):
     else:
         mcfg, tok_dir = preset(args.preset), args.tokenizer
     tok = load_tokenizer(tok_dir) if tok_dir else None
-    return tok, PackGeometry.from_config(mcfg), build_config(build, (mcfg.max_frames, mcfg.max_references)), cap
+    bcfg = build_config(build, (mcfg.max_frames, mcfg.max_references))
+    if tok is not None:  # as the trainer does: each entity tag is one token (`<object>` …), not a warning
+        from .entities import register_entity_tokens
+
+        register_entity_tokens(tok, bcfg.entity_tokens)
+    return tok, PackGeometry.from_config(mcfg), bcfg, cap
 
 
 def validate_main(args) -> int:

@@ -12,12 +12,19 @@ the target device (meta init, no full-size host copy, `load_bagel`). For cards t
 The LLM passes dataclasses (routing indices, KV merge layout) that accelerate's hooks do not move, so every
 dispatched decoder layer also gets a small pre-hook that moves them, and hands its hidden state back to the
 main device (the KV cache of a layer stays on that layer's device).
+
+Entity tokens (`<model>`, `<object>` …, Loom §3.3): a loom export's tokenizer carries them and its rows hold
+the trained embeddings — they load as saved (the ids are checked against loom_config.json "entities"). A plain
+BAGEL release lacks them: they are registered on the fly (BAGEL's spare rows above the tokenizer, mean-
+initialised, `loom.data.entities.add_entity_tokens`) with an `UntrainedEntityWarning`, so prompts with
+entity tokens still encode each tag as one token.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import warnings
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -25,6 +32,7 @@ import torch
 from torch import Tensor, nn
 
 from ..data.builders import BuildConfig
+from ..data.entities import EntityVocab, add_entity_tokens
 from ..model.configs import LoomConfig
 from ..model.weights import load_bagel
 
@@ -42,11 +50,35 @@ class Loaded:
     dtype: torch.dtype
     device: torch.device
     device_map: dict | None = None
+    entities: EntityVocab | None = None  # the registered entity tokens (ids)
+    untrained_entities: tuple[str, ...] = ()  # registered at load time: mean-initialised, never trained
 
     def describe(self) -> dict:
         return {"path": self.path, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
                 "device_map": None if self.device_map is None else {k: str(v) for k, v in self.device_map.items()},
                 "kind": "loom export" if (Path(self.path) / "loom_config.json").exists() else "BAGEL release"}
+
+
+class UntrainedEntityWarning(UserWarning):
+    """Entity tokens were missing from the model's tokenizer and got mean-initialised (untrained) rows."""
+
+
+def ensure_entity_tokens(model: nn.Module, tok, tokens: tuple[str, ...], path: Path) -> EntityVocab:
+    """Register `tokens` (no-op for those the tokenizer has); warn about the new, untrained ones. An export's
+    recorded ids (loom_config.json "entities") must match its tokenizer."""
+    f = path / "loom_config.json"
+    recorded = (json.loads(f.read_text()).get("entities") or {}).get("entity_tokens", {}) if f.exists() else {}
+    vocab = tok.get_vocab()
+    wrong = {t: (i, vocab.get(t)) for t, i in recorded.items() if vocab.get(t) != i}
+    if wrong:
+        raise ValueError(f"{path}: tokenizer ids of entity tokens differ from loom_config.json "
+                         f"(token: recorded, tokenizer): {wrong}")
+    ev = add_entity_tokens(model, tok, tuple(dict.fromkeys([*recorded, *tokens])))
+    if ev.added:
+        warnings.warn(f"{path}: the tokenizer lacks the entity tokens {' '.join(ev.added)}; registered them with "
+                      "mean-initialised rows — they are untrained (a plain BAGEL release): fine-tune before "
+                      "relying on them", UntrainedEntityWarning, stacklevel=3)
+    return ev
 
 
 def default_device() -> torch.device:
@@ -170,11 +202,12 @@ def dispatch(model: nn.Module, device_map: dict[str, str | int], offload_folder:
 def load_pretrained(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                     device_map: str | dict | None = None, max_memory_gib: float | None = None,
                     offload_folder: str | None = None, attn_backend: str | None = None,
-                    verbose: bool = True) -> Loaded:
+                    verbose: bool = True, entity_tokens: tuple[str, ...] | None = None) -> Loaded:
     """(model, vae, tokenizer, config, build config) ready for `Engine`.
 
     `device=None` picks CUDA when available. `dtype=None` → bf16 on GPU, fp32 on CPU. `device_map` (see module
-    docstring) loads to CPU first, then dispatches."""
+    docstring) loads to CPU first, then dispatches. `entity_tokens`: the entity vocabulary to ensure (None: the
+    export's `build.entity_tokens`, else loom's defaults; `()`: only those the export records)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist (a BAGEL release or a loom export)")
@@ -182,6 +215,9 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None, 
     dt = parse_dtype(dtype, dev)
     load_dev = "cpu" if device_map is not None else dev
     model, vae, tok, cfg = load_bagel(path, device=load_dev, dtype=dt, verbose=verbose)
+    build = build_config_from_export(path, cfg)
+    tokens = build.entity_tokens if entity_tokens is None else tuple(entity_tokens)
+    entities = ensure_entity_tokens(model, tok, tokens, path)
     dm = None
     if device_map is not None:
         dm = device_map if isinstance(device_map, dict) else plan_device_map(model, device_map,
@@ -197,4 +233,4 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None, 
         from ..model.attention import default_backend
 
         model.attn_backend = default_backend(dev)
-    return Loaded(model, vae, tok, cfg, build_config_from_export(path, cfg), str(path), dt, dev, dm)
+    return Loaded(model, vae, tok, cfg, build, str(path), dt, dev, dm, entities, entities.added)

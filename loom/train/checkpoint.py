@@ -4,6 +4,7 @@ Layout (zero-padded step folders, codebase-anchors §3.4):
   <run.dir>/checkpoints/step-0000500/
       state/                  torch.distributed.checkpoint (DCP) shards: model, optimizer, ema
       rng-rank00000.pt        python / numpy / torch (+ CUDA) RNG states of each rank
+      tokenizer/              the tokenizer with its registered entity tokens (a resume reloads it)
       trainer_state.json      step, counters, scheduler, data position of every rank  ← written last
       config.yaml             the resolved TrainConfig
 Everything is written into `step-0000500.tmp`, then renamed in one `os.replace`. A crash or kill mid-save leaves
@@ -107,7 +108,8 @@ class CheckpointManager:
             st["ema"] = ema.state_dict()
         return st
 
-    def save(self, step: int, model: nn.Module, optimizer, ema, trainer_state: dict, config_yaml: str) -> Path:
+    def save(self, step: int, model: nn.Module, optimizer, ema, trainer_state: dict, config_yaml: str,
+             tokenizer=None) -> Path:
         final = self.root / step_dir_name(step)
         tmp = self.root / (step_dir_name(step) + ".tmp")
         if self.info.is_main:
@@ -122,6 +124,8 @@ class CheckpointManager:
         barrier(self.info)
         if self.info.is_main:
             atomic_write_text(tmp / "config.yaml", config_yaml)
+            if tokenizer is not None:
+                tokenizer.save_pretrained(str(tmp / "tokenizer"))
             atomic_write_text(tmp / "trainer_state.json", json.dumps(trainer_state, indent=1))
             _fsync_dir(tmp)
             if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)

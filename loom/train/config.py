@@ -40,9 +40,13 @@ class ModelInitConfig:
 class SampleConfig:
     every: int = 0  # generate samples into <run.dir>/samples/step-N every N steps (0: never)
     fn: str = "loom.infer.train_hook:generate_samples"  # import path; skipped with a warning if absent
-    prompts: list[str] = field(default_factory=list)
+    prompts: list[str] = field(default_factory=list)  # "t2i: …" / "tutorial: …" picks the task per prompt
     use_ema: bool = True
     seed: int = 0
+    task: str = "tutorial"  # default task of a prompt: tutorial (model-written plan; t2i if unparsable) | t2i
+    num_timesteps: int = 10  # denoising steps per image (few: samples are a progress check, not results)
+    resolution: int = 0  # square output side in pixels (0: min(512, the model's largest))
+    max_plan_tokens: int = 400  # tutorial planning budget
 
 
 @dataclass

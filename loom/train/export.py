@@ -4,9 +4,13 @@
                         per `checkpoint.export_weights`, LoRA adapters merged
   llm_config.json       Qwen2 config (the source model's JSON, with loom's values written over it)
   vit_config.json       SigLIP config with num_hidden_layers = built + 1 (the release stores JSON = built + 1)
-  loom_config.json      Loom-only fields (temporal embedding, frames, references, latent geometry, VAE)
+  loom_config.json      Loom-only fields (temporal embedding, frames, references, latent geometry, VAE), plus
+                        "build" (inference layout knobs of the training BuildConfig: k_max, n_max, scaffold,
+                        use_temporal, stepwise_prompt, …) and "entities" (`EntityVocab.to_dict()`)
   ae.safetensors        FLUX VAE weights, copied from the source model folder (absent for the pixel VAE)
-  tokenizer files       copied from the tokenizer folder
+  tokenizer files       `tokenizer.save_pretrained` (with the registered entity tokens), or copied from the
+                        tokenizer folder when no tokenizer object is given; vocab_size in llm_config.json is
+                        the (possibly grown) embedding row count
   train_config.yaml     the resolved TrainConfig that produced it
 Written into `<dir>.tmp` and renamed, like checkpoints.
 """
@@ -72,8 +76,9 @@ def _read_json(path: Path | None) -> dict | None:
 
 def write_export(out_dir: str | Path, weights: dict[str, Tensor], cfg: LoomConfig, tokenizer_dir: str | Path,
                  source_dir: str | Path | None = None, train_config_yaml: str = "",
-                 dtype: torch.dtype | None = None) -> Path:
-    """Write an export folder atomically. `weights`: full model state dict under release keys (rank 0 only)."""
+                 dtype: torch.dtype | None = None, tokenizer=None, loom_extra: dict | None = None) -> Path:
+    """Write an export folder atomically. `weights`: full model state dict under release keys (rank 0 only).
+    `tokenizer`: saved with `save_pretrained` (entity tokens included); `loom_extra`: more loom_config.json keys."""
     out = Path(out_dir)
     tmp = out.with_name(out.name + ".tmp")
     shutil.rmtree(tmp, ignore_errors=True)
@@ -86,7 +91,8 @@ def write_export(out_dir: str | Path, weights: dict[str, Tensor], cfg: LoomConfi
         llm_config_json(cfg, _read_json(src / "llm_config.json" if src else None)), indent=2))
     atomic_write_text(tmp / "vit_config.json", json.dumps(
         vit_config_json(cfg, _read_json(src / "vit_config.json" if src else None)), indent=2))
-    atomic_write_text(tmp / "loom_config.json", json.dumps(loom_config_json(cfg), indent=2))
+    atomic_write_text(tmp / "loom_config.json", json.dumps({**loom_config_json(cfg), **(loom_extra or {})},
+                                                           indent=2))
     if cfg.vae.kind == "flux":
         ae = src / "ae.safetensors" if src else None
         if ae is None or not ae.exists():
@@ -94,9 +100,15 @@ def write_export(out_dir: str | Path, weights: dict[str, Tensor], cfg: LoomConfi
                                     f"(model.init=bagel:<dir> or export:<dir>); looked in {src}")
         shutil.copy2(ae, tmp / "ae.safetensors")
     tok = Path(tokenizer_dir)
-    copied = [shutil.copy2(tok / f, tmp / f) for f in TOKENIZER_FILES if (tok / f).exists()]
-    if not copied:
-        raise FileNotFoundError(f"no tokenizer files in {tok}")
+    if tokenizer is not None:
+        tokenizer.save_pretrained(str(tmp))
+        for f in ("vocab.json", "merges.txt", "generation_config.json"):  # base files save_pretrained may skip
+            if (tok / f).exists() and not (tmp / f).exists():  # (added tokens live in tokenizer.json)
+                shutil.copy2(tok / f, tmp / f)
+    else:
+        copied = [shutil.copy2(tok / f, tmp / f) for f in TOKENIZER_FILES if (tok / f).exists()]
+        if not copied:
+            raise FileNotFoundError(f"no tokenizer files in {tok}")
     if train_config_yaml:
         atomic_write_text(tmp / "train_config.yaml", train_config_yaml)
     if out.exists():

@@ -3,8 +3,19 @@
 Freeze semantics (bagel-spec §2.4): `vit` freezes the SigLIP tower and its connector; `llm` freezes the whole
 language model (both experts, embeddings, head); `und` freezes the understanding expert — every LLM tensor that
 is not a `*_moe_gen` twin, i.e. the original Qwen weights incl. embeddings and lm_head. BAGEL's `freeze_und` also
-*detaches* und activations inside the forward; loom freezes the parameters only, so gradients still flow
-through und K/V into generation-expert weights of earlier clean images.
+*detaches* und activations inside the forward (`und_detach: true` reproduces that through
+`LanguageModel.freeze_und`); by default loom freezes the parameters only, so gradients still flow through und
+K/V into generation-expert weights of earlier clean images and entity-token embedding rows can still learn.
+
+Entity tokens under a freeze (Loom §3.3): `<model>`, `<object>` … are new rows of `embed_tokens` / `lm_head`,
+which `und` / `llm` / LoRA freeze. They must still learn, so (`optim.train_entity_rows`, default on) those two
+tensors stay `requires_grad` and a *row gradient mask* zeroes every non-entity row after backward, before
+clipping (`mask_row_gradients`): the grad norm sees only entity rows, Adam's moments of the other rows stay
+exactly zero so their update is exactly zero, and the tensors sit in a weight-decay-free parameter group so
+AdamW's decoupled decay cannot move them either (entity rows are not decayed). Chosen over a separate
+trainable delta table because it keeps the release key layout (export, checkpoints, FSDP sharding and
+`load_bagel` unchanged) at the cost of optimizer / EMA state for the full embedding and head (BAGEL-7B:
+2 × 152064 × 3584 rows, ≈ 4.4 GB fp32 per state, sharded under FSDP).
 """
 
 from __future__ import annotations
@@ -20,6 +31,8 @@ from torch import nn
 class FreezeConfig:
     vit: bool = False  # SigLIP tower + connector + vit_pos_embed
     und: bool = False  # understanding expert of the LLM (everything without the _moe_gen suffix)
+    und_detach: bool = False  # with und: also detach und activations (BAGEL's exact freeze_und; entity
+    #                           embedding rows then get no gradient)
     llm: bool = False  # the whole language model
 
 
@@ -47,6 +60,8 @@ class OptimConfig:
     global_batch_size: int = 0  # if > 0: samples per step; grad_accum = global / (ranks × data.batch_size)
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
+    # entity-token rows of embed_tokens / lm_head stay trainable when freeze / LoRA freeze those tensors
+    train_entity_rows: bool = True
 
 
 def apply_freeze(model: nn.Module, cfg: FreezeConfig) -> list[str]:
@@ -59,6 +74,8 @@ def apply_freeze(model: nn.Module, cfg: FreezeConfig) -> list[str]:
         if hit:
             p.requires_grad_(False)
             frozen.append(name)
+    if cfg.und and cfg.und_detach:
+        model.language_model.freeze_und = True
     return frozen
 
 
@@ -95,15 +112,76 @@ def merge_lora_state_dict(sd: dict[str, torch.Tensor], cfg: LoraConfig) -> dict[
     return out
 
 
+VOCAB_PARAMS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
+
+
+def unfreeze_entity_rows(model: nn.Module, ids: list[int] | tuple[int, ...]) -> dict[str, torch.Tensor]:
+    """Make the frozen vocabulary tensors (embed_tokens / lm_head) trainable again, restricted to the rows
+    `ids`. Returns {parameter name: bool row mask [rows]} for `mask_row_gradients`; tensors that were
+    trainable anyway (no freeze) get no mask — every row trains as usual."""
+    if not ids:
+        return {}
+    params = dict(model.named_parameters())
+    masks = {}
+    for name in VOCAB_PARAMS:
+        p = params.get(name)
+        if p is None or p.requires_grad:
+            continue
+        mask = torch.zeros(p.shape[0], dtype=torch.bool)
+        mask[list(ids)] = True
+        p.requires_grad_(True)
+        masks[name] = mask
+    return masks
+
+
+class RowGradMask:
+    """Zeroes the gradient of every row outside the mask (after backward, before clipping). Works on plain
+    tensors and on FSDP2 DTensor shards (the mask is distributed like the parameter on first use)."""
+
+    def __init__(self, model: nn.Module, masks: dict[str, torch.Tensor]) -> None:
+        params = dict(model.named_parameters())
+        self.items = [(params[n], m) for n, m in masks.items()]
+        self._local: dict[int, torch.Tensor] = {}
+
+    def __bool__(self) -> bool:
+        return bool(self.items)
+
+    @torch.no_grad()
+    def __call__(self) -> None:
+        for p, mask in self.items:
+            g = p.grad
+            if g is None:
+                continue
+            local = g.to_local() if hasattr(g, "to_local") else g
+            key = id(p)
+            if key not in self._local:
+                m = mask.to(local.device)
+                if hasattr(g, "to_local"):  # DTensor: shard the [rows, 1] mask like the parameter
+                    from torch.distributed.tensor import distribute_tensor
+
+                    m = distribute_tensor(m[:, None].to(g.dtype), g.device_mesh, g.placements).to_local() > 0
+                    m = m[:, 0]
+                self._local[key] = m.view(-1, *([1] * (local.dim() - 1)))
+            local.masked_fill_(~self._local[key], 0)
+
+
 def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
-def build_optimizer(model: nn.Module, cfg: OptimConfig) -> torch.optim.Optimizer:
-    params = [p for _, p in trainable_parameters(model)]
-    if not params:
+def build_optimizer(model: nn.Module, cfg: OptimConfig, no_decay: set[str] | frozenset[str] = frozenset()
+                    ) -> torch.optim.Optimizer:
+    """AdamW over the trainable parameters; `no_decay` names (row-masked vocabulary tensors) get weight_decay 0
+    so the decoupled decay never moves their frozen rows."""
+    named = trainable_parameters(model)
+    if not named:
         raise ValueError("nothing to train: every parameter is frozen (check optim.freeze / optim.lora)")
-    return torch.optim.AdamW(params, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    groups = [{"params": [p for n, p in named if n not in no_decay]}]
+    nd = [p for n, p in named if n in no_decay]
+    if nd:
+        groups.append({"params": nd, "weight_decay": 0.0})
+    groups = [g for g in groups if g["params"]]
+    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):

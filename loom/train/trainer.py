@@ -4,26 +4,39 @@ Reproducibility contract: given the config, a run is a pure function of (step, d
 `run.seed`; every per-sample random choice (CFG dropout, timestep, flow noise) is seeded by the sample's key
 (loom.data.loader); the resume state holds model, optimizer, EMA, scheduler, RNG and data position, so N steps
 straight equal N/2 + resume + N/2 bit for bit (tests/train/test_resume.py).
+
+Entity tokens (Loom §3.3): right after the model is built, `data.build.entity_tokens` are registered with
+`add_entity_tokens` (new ids take BAGEL's spare rows, mean-initialised; a no-op for an export that already has
+them). Under `optim.freeze.und/llm` or LoRA their rows stay trainable through a row gradient mask
+(`optim.RowGradMask`). Checkpoints save the tokenizer (`tokenizer/`) and a resume reloads it, so ids never
+shift; exports save it with `save_pretrained` and record the vocabulary and the inference layout knobs in
+`loom_config.json` ("entities", "build").
 """
 
 from __future__ import annotations
 
 import contextlib
 import importlib
+import inspect
 import logging
 import math
 import os
+import random
 import signal
 import subprocess
 import time
 import warnings
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
 from ..config import atomic_write_text, merge_into, to_dict, to_yaml
+from ..data.builders import BuildConfig
+from ..data.entities import EntityVocab, add_entity_tokens
 from ..data.loader import DataError, PlanSource, ResumableLoader, TrainBatch, build_sources, flow_noise
+from ..data.manifest import build_config
 from ..data.packing import PackGeometry
 from ..data.tokenizer import SpecialTokens, load_tokenizer
 from ..model.configs import LoomConfig, preset
@@ -36,7 +49,15 @@ from .ema import EMA
 from .export import write_export
 from .losses import StepCounts, local_counts, micro_loss, reported
 from .metrics import MetricsSink, peak_memory_gb, peak_tflops, train_flops
-from .optim import apply_freeze, apply_lora, build_optimizer, build_scheduler, merge_lora_state_dict
+from .optim import (
+    RowGradMask,
+    apply_freeze,
+    apply_lora,
+    build_optimizer,
+    build_scheduler,
+    merge_lora_state_dict,
+    unfreeze_entity_rows,
+)
 
 log = logging.getLogger("loom.train")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -80,6 +101,30 @@ def _import(path: str):
     return getattr(importlib.import_module(mod), name)
 
 
+def build_export_meta(build: BuildConfig, entities: EntityVocab | None) -> dict:
+    """What an export records in loom_config.json beyond the architecture: the inference layout knobs of the
+    training BuildConfig ("build", read by `loom.infer.load.build_config_from_export`) and the entity
+    vocabulary ("entities", `EntityVocab.to_dict()`)."""
+    keys = ("k_max", "n_max", "scaffold", "use_temporal", "stepwise_prompt", "use_vit_for_history",
+            "use_vit_for_references", "entity_tokens")
+    meta = {"build": {k: (list(v) if isinstance(v, tuple) else v) for k in keys for v in [getattr(build, k)]}}
+    meta["entities"] = entities.to_dict() if entities is not None else {"entity_tokens": {}}
+    return meta
+
+
+@contextlib.contextmanager
+def preserved_rng():
+    """Run a side job (sample generation) without touching the python / numpy / torch (+ CUDA) RNG streams."""
+    py, npy = random.getstate(), np.random.get_state()
+    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
+    with torch.random.fork_rng(devices=devices):
+        try:
+            yield
+        finally:
+            random.setstate(py)
+            np.random.set_state(npy)
+
+
 def _setup_logging(run_dir: Path, rank: int) -> None:
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
     root = logging.getLogger("loom")
@@ -120,16 +165,31 @@ class Trainer:
             atomic_write_text(self.run_dir / "config.yaml", self.config_yaml)
             atomic_write_text(self.run_dir / "git.txt", _git_info())
 
+        self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint, self.info)
+        self._resume_path = self.ckpt.find_resume()
         model, self.vae, self.tokenizer, self.model_cfg, self.tokenizer_dir, self.source_dir = build_model(
             cfg.model, cfg.run.seed, self.info.device)
+        saved_tok = self._resume_path / "tokenizer" if self._resume_path is not None else None
+        if saved_tok is not None and saved_tok.is_dir():  # a resume keeps exactly the tokenizer it trained with
+            self.tokenizer = load_tokenizer(saved_tok)
+        self.build_config = build_config(cfg.data.build, (self.model_cfg.max_frames, self.model_cfg.max_references))
+        self.entities = add_entity_tokens(model, self.tokenizer, self.build_config.entity_tokens)
+        if self.entities.added:
+            log.info("registered entity tokens %s (ids %d–%d, mean-initialised rows; %d vocabulary rows)",
+                     " ".join(self.entities.added), self.entities.ids[self.entities.added[0]],
+                     self.entities.ids[self.entities.added[-1]], self.model_cfg.llm.vocab_size)
         model.to(_DTYPES[cfg.model.dtype])
-        frozen = apply_freeze(model, cfg.optim.freeze)
+        apply_freeze(model, cfg.optim.freeze)
         if cfg.optim.lora.enabled:
             model = apply_lora(model, cfg.optim.lora)
+        row_masks = (unfreeze_entity_rows(model, sorted(self.entities.ids.values()))
+                     if cfg.optim.train_entity_rows else {})
+        if row_masks:
+            log.info("entity rows of %s stay trainable under the freeze (row gradient mask)", ", ".join(row_masks))
         n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
         n_all = sum(p.numel() for p in model.parameters())
         log.info("model %s: %.2fM params, %.2fM trainable (%d tensors frozen)", cfg.model.init, n_all / 1e6,
-                 n_train / 1e6, len(frozen))
+                 n_train / 1e6, sum(not p.requires_grad for p in model.parameters()))
 
         world, bs = self.info.world_size, cfg.data.batch_size
         self.grad_accum = cfg.optim.grad_accum
@@ -142,8 +202,9 @@ class Trainer:
         self.model = parallel.apply_parallel(model, cfg.parallel, self.info)
         self.vae = self.vae.to(self.info.device)
         self.params = [p for p in self.model.parameters() if p.requires_grad]
+        self.row_mask = RowGradMask(self.model, row_masks)
         self.ema = EMA(self.model, cfg.ema.decay) if cfg.ema.enabled else None
-        self.optimizer = build_optimizer(self.model, cfg.optim)
+        self.optimizer = build_optimizer(self.model, cfg.optim, no_decay=set(row_masks))
         self.scheduler = build_scheduler(self.optimizer, cfg.optim, cfg.run.total_steps)
 
         self.tokens = SpecialTokens.from_tokenizer(self.tokenizer)
@@ -156,7 +217,6 @@ class Trainer:
         self.loader = ResumableLoader(sources, cfg.data, self.tokens, self.geometry, self.info.rank, world,
                                       ensure_vit=ensure_vit)
 
-        self.ckpt = CheckpointManager(self.run_dir, cfg.checkpoint, self.info)
         self.sink = MetricsSink(self.run_dir, cfg.log, cfg.run.name or self.run_dir.name, to_dict(cfg),
                                 self.info.is_main)
         self.step = 0
@@ -170,7 +230,7 @@ class Trainer:
 
     # ---- resume / save / export ------------------------------------------------------------------------------
     def _resume(self) -> None:
-        path = self.ckpt.find_resume()
+        path = self._resume_path
         if path is None:
             return
         st = self.ckpt.load(path, self.model, self.optimizer, self.ema)
@@ -193,8 +253,8 @@ class Trainer:
         data = parallel.gather_objects(self.loader.state_dict(), self.info)
         st = {"step": self.step, "scheduler": self.scheduler.state_dict(), "num_nonfinite": self.num_nonfinite,
               "consecutive_nonfinite": self.consecutive_nonfinite, "num_samples": self.num_samples,
-              "world_size": self.info.world_size, "data": data}
-        path = self.ckpt.save(self.step, self.model, self.optimizer, self.ema, st, self.config_yaml)
+              "world_size": self.info.world_size, "data": data, "entities": self.entities.to_dict()}
+        path = self.ckpt.save(self.step, self.model, self.optimizer, self.ema, st, self.config_yaml, self.tokenizer)
         log.info("saved checkpoint %s", path)
         return path
 
@@ -216,7 +276,8 @@ class Trainer:
         out = self.run_dir / "exports" / step_dir_name(self.step)
         if self.info.is_main:
             dtype = _DTYPES[self.cfg.checkpoint.export_dtype]
-            write_export(out, sd, self.model_cfg, self.tokenizer_dir, self.source_dir, self.config_yaml, dtype)
+            write_export(out, sd, self.model_cfg, self.tokenizer_dir, self.source_dir, self.config_yaml, dtype,
+                         tokenizer=self.tokenizer, loom_extra=build_export_meta(self.build_config, self.entities))
             log.info("exported %s weights to %s", "EMA" if use_ema else "raw", out)
         parallel.barrier(self.info)
         return out
@@ -264,6 +325,8 @@ class Trainer:
             len_sq += sum(n * n for n in batch.sample_lens)
         grad_norm = float("nan")
         if not bad:
+            if self.row_mask:
+                self.row_mask()  # frozen vocabulary tensors: only the entity rows keep their gradient
             grad_norm = parallel.clip_grad_norm(self.params, cfg.optim.max_grad_norm)
             if not math.isfinite(grad_norm):
                 bad = True
@@ -312,13 +375,18 @@ class Trainer:
                 log.warning("sample hook %s unavailable (%s); skipping sample generation", sc.fn, e)
                 self._sample_warned = True
             return
-        out = self.run_dir / "samples" / step_dir_name(self.step)
         ctx = self.ema.swapped_in(self.model) if sc.use_ema and self.ema else contextlib.nullcontext()
+        options = {"build": self.build_config, "task": sc.task, "num_timesteps": sc.num_timesteps,
+                   "resolution": sc.resolution, "max_plan_tokens": sc.max_plan_tokens}
+        params = inspect.signature(fn).parameters
+        if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
+            options = {k: v for k, v in options.items() if k in params}
         try:
             self.model.eval()
-            with ctx, torch.no_grad():
-                fn(model=self.model, vae=self.vae, tokenizer=self.tokenizer, prompts=list(sc.prompts), out_dir=out,
-                   step=self.step, seed=sc.seed)
+            with ctx, torch.no_grad(), preserved_rng():
+                # writes <run.dir>/samples/step-XXXXXXX/<prompt folder>/
+                fn(model=self.model, vae=self.vae, tokenizer=self.tokenizer, prompts=list(sc.prompts),
+                   out_dir=self.run_dir / "samples", step=self.step, seed=sc.seed, **options)
         except Exception as e:  # sampling must never stop training
             log.warning("sample generation failed at step %d: %s", self.step, e)
         finally:

@@ -85,3 +85,24 @@ def test_unregistered_entity_token_warns(tmp_path):
     path = write_manifest(tmp_path, [ROWS[6]])
     rep = validate_manifest(path, plain, BuildConfig(), GEOM)
     assert rep.ok and any("<object> is not registered" in w.message for w in rep.warnings)
+
+
+def test_cli_registers_entity_tokens(tmp_path, tok):
+    """`loom data validate` registers the build config's entity tokens first: `<object>` / `<scene>` count as one
+    token each and do not warn (the trainer registers them the same way)."""
+    from loom.data.__main__ import main
+    from loom.model.configs import preset
+
+    path = write_manifest(tmp_path, [ROWS[6]])
+    out = tmp_path / "report.json"
+    assert main(["validate", str(path), "--tokenizer", "tests/fixtures/bagel-tiny", "--preset", "loom-tiny",
+                 "--json", str(out)]) == 0
+    d = json.loads(out.read_text())
+    assert d["errors"] == [] and d["warnings"] == [] and d["num_instances"] == 1
+    geom = PackGeometry.from_config(preset("loom-tiny"))
+    registered = validate_manifest(path, tok, BuildConfig(), geom)
+    plain = validate_manifest(path, load_tokenizer("tests/fixtures/bagel-tiny"), BuildConfig(), geom)
+    assert d["max_tokens"] == registered.max_tokens
+    pieces = sum(len(load_tokenizer("tests/fixtures/bagel-tiny").encode(t, add_special_tokens=False)) - 1
+                 for t in ("<object>", "<scene>"))
+    assert pieces > 0 and plain.max_tokens - d["max_tokens"] == pieces

@@ -74,7 +74,7 @@ def test_capture_equals_manual_recomputation(engine):
     finally:
         handle.remove()
     assert all(m.capture is None for m in engine.attention_modules())
-    xin, route, cos, sin, spec, _backend, past, merge = seen["args"]
+    xin, route, cos, sin, spec, _backend, past, merge = seen["args"][:8]
     # manual q/k: each expert's projections + q/k norms on its rows, RoPE, then the merged key sequence
     qkv = torch.empty(xin.shape[0], attn.num_heads + 2 * attn.num_kv_heads, attn.head_dim)
     gen = route.gen_idx

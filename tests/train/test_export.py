@@ -59,11 +59,15 @@ def test_freeze_options(tmp_path):
     all_ = trainable()
     no_vit = trainable("optim.freeze.vit=true")
     assert all_ - no_vit == {n for n in all_ if n.split(".")[0] in ("vit_model", "connector", "vit_pos_embed")}
-    no_und = trainable("optim.freeze.und=true")
+    vocab = {"language_model.model.embed_tokens.weight", "language_model.lm_head.weight"}
+    no_und = trainable("optim.freeze.und=true", "optim.train_entity_rows=false")
     assert not any(n.startswith("language_model.") and "_moe_gen" not in n for n in no_und)
     assert "language_model.model.layers.0.mlp_moe_gen.gate_proj.weight" in no_und
-    no_llm = trainable("optim.freeze.llm=true")
+    # entity-token rows stay trainable (row gradient mask): only the two vocabulary tensors come back
+    assert trainable("optim.freeze.und=true") - no_und == vocab
+    no_llm = trainable("optim.freeze.llm=true", "optim.train_entity_rows=false")
     assert not any(n.startswith("language_model.") for n in no_llm) and "llm2vae.weight" in no_llm
+    assert trainable("optim.freeze.llm=true") - no_llm == vocab
 
 
 def test_lora_trains_adapters_and_exports_merged_weights(tmp_path):
@@ -71,7 +75,8 @@ def test_lora_trains_adapters_and_exports_merged_weights(tmp_path):
                           "optim.lora.alpha=8", "checkpoint.export_weights=raw", "optim.lr=1e-2"))
     base = {n: p.detach().clone() for n, p in tr.model.named_parameters()}
     names = {n for n, p in tr.model.named_parameters() if p.requires_grad}
-    assert names and all("lora_" in n for n in names)
+    vocab = {"language_model.model.embed_tokens.weight", "language_model.lm_head.weight"}  # entity rows only
+    assert vocab <= names and all("lora_" in n for n in names - vocab)
     assert any("q_proj_moe_gen.lora_A" in n for n in names) and not any("vit_model" in n for n in names)
     tr.run()
     exp = load_file(str(tmp_path / "r" / "exports" / "step-0000002" / "ema.safetensors"))
@@ -82,5 +87,8 @@ def test_lora_trains_adapters_and_exports_merged_weights(tmp_path):
     torch.testing.assert_close(exp[f"{pre}.weight"], merged)
     assert not torch.equal(exp[f"{pre}.weight"], base[f"{pre}.base_layer.weight"])
     assert torch.equal(exp["llm2vae.weight"], base["llm2vae.weight"])  # frozen under LoRA
+    head, head0 = exp["language_model.lm_head.weight"], base["language_model.lm_head.weight"]
+    changed = (head != head0).any(1).nonzero().flatten().tolist()
+    assert changed == sorted(tr.entities.ids.values())  # … except the entity rows
     model, _, _, _ = load_bagel(tmp_path / "r" / "exports" / "step-0000002", verbose=False)
     assert torch.equal(model.state_dict()[f"{pre}.weight"], exp[f"{pre}.weight"])
