@@ -8,13 +8,13 @@ written with `write_yaml` (atomic) into the run directory and into every checkpo
 from __future__ import annotations
 
 import dataclasses
-import os
-import tempfile
 from pathlib import Path
 from typing import Any, TypeVar
 
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
+
+from .utils.io import atomic_write_text  # noqa: F401  (re-exported)
 
 __all__ = ["MISSING", "ConfigError", "load", "merge_into", "to_dict", "to_yaml", "write_yaml", "atomic_write_text"]
 
@@ -85,22 +85,6 @@ def to_dict(cfg: Any) -> dict[str, Any]:
 
 def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.create(to_dict(cfg)))
-
-
-def atomic_write_text(path: str | Path, text: str) -> None:
-    """Write a small text file via temp file + fsync + rename, so readers never see a partial file."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
 
 
 def write_yaml(cfg: Any, path: str | Path) -> None:

@@ -18,6 +18,8 @@ from pathlib import Path
 
 from PIL import Image
 
+from loom.utils.io import atomic_write_jsonl
+
 SHAPES = {4: (2, 2), 9: (3, 3), 6: (2, 3), 8: (2, 4), 12: (3, 4), 16: (4, 4)}
 STEP_RE = re.compile(r"^\s*step\s*\d+\s*[:.)-]\s*", re.I)
 
@@ -68,9 +70,7 @@ def convert(src: Path, out: Path, grid: tuple[int, int] | None = None, gutter: i
         rows.append({"id": f"makeanything-{p.stem}", "task": "tutorial", "prompt": prompt or f"Make {p.stem}",
                      "plan": steps, "frames": frames, "input_images": [],
                      "meta": {"source": "MakeAnything", "grid": f"{r}x{c}", "file": p.name}})
-    tmp = out / "train.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(out / "train.jsonl")
+    atomic_write_jsonl(out / "train.jsonl", rows)
     return {"rows": len(rows), **skipped}
 
 

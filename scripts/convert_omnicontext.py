@@ -19,6 +19,8 @@ import re
 import sys
 from pathlib import Path
 
+from loom.utils.io import atomic_write_jsonl
+
 EXTS = (".png", ".jpg", ".jpeg", ".webp")
 NUM_RE = re.compile(r"_(\d+)$")
 
@@ -58,9 +60,7 @@ def convert(src: Path, out: Path, task: str = "compose") -> dict:
                "targets": [rel(p) for p in outputs] if t == "decompose" else [rel(outputs[0])],
                "meta": {"source": "OmniContext-style", "folder": d.name}}
         rows.append(row)
-    tmp = out / "train.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(out / "train.jsonl")
+    atomic_write_jsonl(out / "train.jsonl", rows)
     return {"rows": len(rows), **skipped}
 
 

@@ -19,6 +19,8 @@ import shutil
 import sys
 from pathlib import Path
 
+from loom.utils.io import atomic_write_jsonl
+
 TEXT_KEYS = ("text", "instruction", "step", "description", "caption")
 IMAGE_KEYS = ("image", "image_path", "img", "frame")
 
@@ -69,9 +71,7 @@ def convert(src: Path, out: Path, min_steps: int = 3, copy_images: bool = False,
         rows.append({"id": f"recipegen-{rid}", "task": "tutorial", "prompt": f"How to make {title}",
                      "plan": [t.strip() for t in texts], "frames": frames, "input_images": [],
                      "meta": {"source": "RecipeGen", "file": str(f), "title": title}})
-    tmp = out / "train.jsonl.tmp"
-    tmp.write_text("".join(json.dumps(r, ensure_ascii=False) + "\n" for r in rows))
-    tmp.replace(out / "train.jsonl")
+    atomic_write_jsonl(out / "train.jsonl", rows)
     return {"rows": len(rows), **skipped}
 
 

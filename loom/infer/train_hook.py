@@ -13,15 +13,14 @@ generators, and the streams are restored anyway), and leaves the model in the tr
 
 from __future__ import annotations
 
-import contextlib
 import logging
-import random
 import re
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
+
+from ..utils.rng import preserved_rng
 
 log = logging.getLogger("loom.train.samples")
 SAMPLE_TASKS = ("tutorial", "t2i")
@@ -44,18 +43,6 @@ def sample_side(model_max: int, stride: int, resolution: int = 0) -> int:
     return max(stride, min(model_max, want) // stride * stride)
 
 
-@contextlib.contextmanager
-def _rng_untouched():
-    py, npy = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)
-
-
 def generate_samples(model: nn.Module, vae: nn.Module, tokenizer, prompts: list[str], out_dir: str | Path,
                      step: int, seed: int = 0, build=None, task: str = "tutorial", num_timesteps: int = 10,
                      resolution: int = 0, max_plan_tokens: int = 400, **_ignored) -> list[Path]:
@@ -72,7 +59,7 @@ def generate_samples(model: nn.Module, vae: nn.Module, tokenizer, prompts: list[
     was_training = model.training
     written: list[Path] = []
     try:
-        with torch.no_grad(), _rng_untouched():
+        with torch.no_grad(), preserved_rng():
             pipe = Pipeline(Engine(model, vae, tokenizer), build)
             side = sample_side(pipe.max_pixels_side(), pipe.stride, resolution)
             settings = GenerationSettings(seed=seed, resolution=(side, side), num_timesteps=num_timesteps,

@@ -21,14 +21,12 @@ import inspect
 import logging
 import math
 import os
-import random
 import signal
 import subprocess
 import time
 import warnings
 from pathlib import Path
 
-import numpy as np
 import torch
 from torch import nn
 
@@ -42,6 +40,7 @@ from ..data.tokenizer import SpecialTokens, load_tokenizer
 from ..model.configs import LoomConfig, preset
 from ..model.loom import Loom
 from ..model.vae import build_autoencoder, encode_to_tokens
+from ..utils.rng import preserved_rng
 from . import parallel
 from .checkpoint import CheckpointManager, step_dir_name
 from .config import ModelInitConfig, TrainConfig
@@ -110,19 +109,6 @@ def build_export_meta(build: BuildConfig, entities: EntityVocab | None) -> dict:
     meta = {"build": {k: (list(v) if isinstance(v, tuple) else v) for k in keys for v in [getattr(build, k)]}}
     meta["entities"] = entities.to_dict() if entities is not None else {"entity_tokens": {}}
     return meta
-
-
-@contextlib.contextmanager
-def preserved_rng():
-    """Run a side job (sample generation) without touching the python / numpy / torch (+ CUDA) RNG streams."""
-    py, npy = random.getstate(), np.random.get_state()
-    devices = list(range(torch.cuda.device_count())) if torch.cuda.is_available() else []
-    with torch.random.fork_rng(devices=devices):
-        try:
-            yield
-        finally:
-            random.setstate(py)
-            np.random.set_state(npy)
 
 
 def _setup_logging(run_dir: Path, rank: int) -> None:

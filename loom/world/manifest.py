@@ -4,28 +4,18 @@ from __future__ import annotations
 
 import io
 import json
-import os
-import tempfile
 from collections.abc import Iterable
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
+from loom.utils.io import atomic_write_bytes, atomic_write_jsonl
+
 MANIFEST_NAME = "manifest.jsonl"
 
 
-def write_bytes_atomic(path: Path, data: bytes) -> None:
-    """Temp file in the same folder, then rename: readers never see a half-written file."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+write_bytes_atomic = atomic_write_bytes  # temp file + rename: readers never see a half-written file
 
 
 def png_bytes(image: np.ndarray) -> bytes:
@@ -45,8 +35,7 @@ def read_image(path: str | Path) -> np.ndarray:
 
 
 def write_jsonl(path: Path, rows: Iterable[dict]) -> None:
-    text = "".join(json.dumps(row) + "\n" for row in rows)
-    write_bytes_atomic(path, text.encode("utf-8"))
+    atomic_write_jsonl(path, rows)
 
 
 def read_jsonl(path: str | Path) -> list[dict]:
