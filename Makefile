@@ -23,7 +23,7 @@ demo: setup
 	$(BIN)/python -m loom.demo
 
 test: setup
-	$(BIN)/python -m pytest -x -q
+	$(BIN)/python -m pytest
 
 lint: setup
 	$(BIN)/ruff check loom tests scripts evals
