@@ -1,9 +1,14 @@
 """`python -m loom.demo` (`make demo`): the main job on a fresh machine.
 
-Runs loom end to end on the shipped BAGEL-tiny release (random weights exported by the official code):
-strict load → reference parity of every fixture case → KV-cached text answer → text-to-image with batched CFG →
-PNG + `summary.json` under `runs/demo/`. Random weights draw noise, not pictures: the point is that every
-stage runs and matches the official numbers.
+Default: the shapes-world demo (`loom.world.demo`): train a tiny Loom from scratch on the CPU within a wall-clock
+budget (`--minutes`, default 8 of training; generation and scoring take about 1–2 more), generate held-out
+text→ and image→tutorials plus composition and style examples, judge them, and write `runs/demo/report.html`
+and `runs/demo/metrics.json`.
+
+`--smoke`: the fixture smoke demo on the shipped BAGEL-tiny release (random weights exported by the official
+code): strict load → reference parity of every fixture case → KV-cached text answer → text-to-image with batched
+CFG → PNG + `summary.json`. Random weights draw noise, not pictures: the point is that every stage runs and
+matches the official numbers.
 """
 
 from __future__ import annotations
@@ -21,9 +26,29 @@ FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "bagel
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loom.demo", description=__doc__.splitlines()[0])
-    ap.add_argument("--model", default=str(FIXTURE), help="a BAGEL-layout folder (default: the tiny fixture)")
-    ap.add_argument("--out", default="runs/demo")
+    ap.add_argument("--smoke", action="store_true", help="run the fixture smoke demo instead of the shapes world")
+    ap.add_argument("--minutes", type=float, default=None,
+                    help="shapes world: training wall-clock budget in minutes (default 8)")
+    ap.add_argument("--steps", type=int, default=None, help="shapes world: stop after this many optimizer steps")
+    ap.add_argument("--seed", type=int, default=0, help="shapes world: data, model and sampling seed")
+    ap.add_argument("--threads", type=int, default=0,
+                    help="shapes world: torch threads (default 0 = auto: 2 on an idle machine, 1 on a busy one)")
+    ap.add_argument("--model", default=str(FIXTURE), help="--smoke: a BAGEL-layout folder (default: the fixture)")
+    ap.add_argument("--out", default=None, help="output folder (default runs/demo, --smoke: runs/demo-smoke)")
     args = ap.parse_args(argv)
+    if not args.smoke:
+        from .world.demo import DemoConfig, run_demo
+
+        cfg = DemoConfig(seed=args.seed, threads=args.threads)
+        if args.minutes is not None:
+            cfg.minutes = args.minutes
+        run_demo(cfg, args.out or "runs/demo", max_steps=args.steps)
+        return 0
+    return smoke(args)
+
+
+def smoke(args: argparse.Namespace) -> int:
+    args.out = args.out or "runs/demo-smoke"
     from .infer.cache import Context
     from .infer.engine import Engine, ImageSamplerConfig
     from .model.weights import load_bagel

@@ -1,0 +1,76 @@
+"""A tiny closed-vocabulary tokenizer for the shapes world, built deterministically (no binary is shipped).
+
+Every text the world can produce (prompts, plan steps, the scaffold, step prefixes) is split by GPT-2's byte-level
+pre-tokenizer into pieces such as "Step", " 1", ":", " red", ".", "\\n"; each distinct piece becomes one word-level
+token. Decoding runs the byte-level decoder, so decode(encode(text)) == text exactly (plans round-trip with their
+newlines and punctuation). BAGEL's special tokens and the Loom entity tokens are added tokens, as in the release.
+
+    tok = build_world_tokenizer("runs/demo/tokenizer", scaffold)   # a HF tokenizer folder + the loaded tokenizer
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Iterable
+from pathlib import Path
+
+from loom.data.entities import DEFAULT_ENTITY_TOKENS, register_entity_tokens
+from loom.data.plan import DEFAULT_N_MAX, format_step, render_scaffold
+from loom.world.shapes import CELLS, COLORS, SHAPES, Element
+from loom.world.text import (
+    DECOMPOSE_PROMPT,
+    IMAGE_TO_TUTORIAL_PROMPT,
+    STYLE_PROMPT,
+    compose_prompt,
+    step_text,
+    tutorial_prompt,
+)
+
+SPECIAL_TOKENS = ("<|endoftext|>", "<|im_start|>", "<|im_end|>", "<|vision_start|>", "<|vision_end|>")
+UNK = "<|unk|>"
+
+
+def world_corpus(scaffold: str, n_max: int = DEFAULT_N_MAX) -> list[str]:
+    """Texts that cover every piece the shapes world can produce (plus digits for step and image numbers)."""
+    elements = [Element(c, s, cell) for c in COLORS for s in SHAPES for cell in CELLS]
+    prompts = [IMAGE_TO_TUTORIAL_PROMPT, STYLE_PROMPT, DECOMPOSE_PROMPT, compose_prompt(list(CELLS)),
+               tutorial_prompt(elements[:3])]
+    texts = [*prompts, *(render_scaffold(scaffold, p, n_max) for p in prompts), "Step 1: a\nStep 2: b\n"]
+    texts += [step_text(e) for e in elements] + [format_step(1, step_text(e)) for e in elements]
+    texts += [format_step(k, "x") for k in range(1, 10)] + [f"<image {k}> {k}" for k in range(10)]
+    return texts
+
+
+def _pieces(texts: Iterable[str], added: tuple[str, ...]) -> list[str]:
+    """Pre-tokenizer pieces of the texts, split around the added tokens first (as the HF tokenizer does)."""
+    from tokenizers import pre_tokenizers
+
+    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    splitter = re.compile("|".join(re.escape(a) for a in added))
+    segments = [seg for t in texts for seg in splitter.split(t) if seg]
+    return sorted({p for seg in segments for p, _ in pre.pre_tokenize_str(seg)})
+
+
+def build_world_tokenizer(out_dir: str | Path, scaffold: str, n_max: int = DEFAULT_N_MAX,
+                          entity_tokens: tuple[str, ...] = DEFAULT_ENTITY_TOKENS):
+    """Write a HF tokenizer folder to `out_dir` and return it loaded with `loom.data.tokenizer.load_tokenizer`.
+    Ids: the five BAGEL special tokens, the unknown token, the sorted pieces, then the entity tokens."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from transformers import PreTrainedTokenizerFast
+
+    from loom.data.tokenizer import load_tokenizer
+
+    vocab = {t: i for i, t in enumerate([*SPECIAL_TOKENS, UNK])}
+    for p in _pieces(world_corpus(scaffold, n_max), (*SPECIAL_TOKENS, *entity_tokens)):
+        vocab.setdefault(p, len(vocab))
+    core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    core.decoder = decoders.ByteLevel()
+    tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token=UNK, eos_token="<|endoftext|>",
+                                  pad_token="<|endoftext|>")
+    tok.add_special_tokens({"additional_special_tokens": list(SPECIAL_TOKENS[1:])})
+    register_entity_tokens(tok, entity_tokens)
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    tok.save_pretrained(str(out))
+    return load_tokenizer(out)

@@ -1,0 +1,162 @@
+"""Loom's Table 4 on the shapes world: full model vs w/o time embedding vs w/o stepwise prompt vs w/o reference
+sampling (K_max = 0). Every variant is trained from scratch with the same budget (optimizer steps, or wall-clock
+minutes) for each seed, then judged on held-out text→tutorials (and image→tutorials) by the programmatic judge.
+
+    python scripts/ablation_shapes.py --steps 1500 --seeds 0 1 2 --out runs/ablation \\
+        --table evals/shapes/ablation.md                      # GPU when available, CPU otherwise
+
+Variants (as the training builders and the inference loop implement them, `loom.data.builders.BuildConfig`):
+  full          e_t on every visual token, `Step t: S_t` before frame t, sparse history with K_max = 4
+  no_time       use_temporal = False (every frame slot 0) and no temporal table in the model
+  no_stepwise   stepwise_prompt = False: no S_t item in training or generation (the plan is still there)
+  no_reference  k_max = 0: no history frames in training or generation
+
+The table is mean ± std over seeds of each judge axis; `--label` marks reduced runs (smaller budget/model).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+from pathlib import Path
+
+import torch
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+
+from loom.data.tokenizer import SpecialTokens  # noqa: E402
+from loom.world.demo import (  # noqa: E402
+    DEMO_SCAFFOLD,
+    DemoConfig,
+    SampleStream,
+    build_model,
+    evaluate,
+    make_pipeline,
+    pick_threads,
+    train,
+    write_world,
+)
+from loom.world.vocab import build_world_tokenizer  # noqa: E402
+
+VARIANTS: dict[str, dict] = {
+    "full": {},
+    "no_time": {"use_temporal": False},
+    "no_stepwise": {"stepwise_prompt": False},
+    "no_reference": {"k_max": 0},
+}
+LABELS = {"full": "Loom (full)", "no_time": "w/o Time Embedding", "no_stepwise": "w/o Stepwise Prompt",
+          "no_reference": "w/o Reference Sampling (K_max = 0)"}
+AXES = ("plan_accuracy", "instruction_following", "temporal_coherence", "reference_faithfulness",
+        "text_image_alignment")
+
+
+def run_one(base: DemoConfig, variant: str, seed: int, out: Path, steps: int | None, minutes: float | None,
+            log) -> dict:
+    cfg = dataclasses.replace(base, seed=seed, **VARIANTS[variant])
+    run_dir = out / f"{variant}-s{seed}"
+    result_file = run_dir / "result.json"
+    if result_file.exists():  # resumable: finished runs are kept
+        return json.loads(result_file.read_text())
+    torch.set_num_threads(pick_threads(cfg.threads, log))
+    torch.set_flush_denormal(True)
+    manifests = write_world(out / f"data-s{seed}", cfg, lambda s: None)  # shared by the variants of a seed
+    tok = build_world_tokenizer(run_dir / "tokenizer", DEMO_SCAFFOLD)
+    model, vae = build_model(cfg, tok)
+    stream = SampleStream(manifests["train"], tok, cfg.build_config(), cfg.mix, cfg.seed)
+    t0 = time.perf_counter()
+    seconds = minutes * 60 if minutes else 1e12
+    tl = train(model, vae, stream, SpecialTokens.from_tokenizer(tok), cfg, seconds, log, max_steps=steps)
+    train_s = time.perf_counter() - t0
+    pipe = make_pipeline(model, vae, tok, cfg.build_config())
+    test = {k: v for k, v in manifests["test"].items() if k in ("tutorial", "image_tutorial")}
+    scores = evaluate(pipe, test, run_dir / "predictions", cfg)
+    result = {"variant": variant, "seed": seed, "steps": tl.steps[-1] if tl.steps else 0,
+              "train_minutes": train_s / 60, "final_loss": tl.loss[-1] if tl.loss else None, "scores": scores}
+    run_dir.mkdir(parents=True, exist_ok=True)
+    result_file.write_text(json.dumps(result, indent=2))
+    return result
+
+
+def mean_std(xs: list[float]) -> str:
+    if not xs:
+        return "–"
+    sd = statistics.stdev(xs) if len(xs) > 1 else 0.0
+    return f"{statistics.mean(xs):.3f} ± {sd:.3f}"
+
+
+def table(results: list[dict], header: str) -> str:
+    lines = [header, ""]
+    for kind, title in (("tutorial", "Held-out text→tutorials"), ("image_tutorial", "Held-out image→tutorials")):
+        lines += [f"### {title}", "", "| variant | seeds | " + " | ".join(AXES) + " |",
+                  "|---|---|" + "---|" * len(AXES)]
+        for v in VARIANTS:
+            rs = [r for r in results if r["variant"] == v and kind in r["scores"]]
+            if not rs:
+                continue
+            cells = [mean_std([r["scores"][kind][a] for r in rs]) for a in AXES]
+            lines.append(f"| {LABELS[v]} | {len(rs)} | " + " | ".join(cells) + " |")
+        lines.append("")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--steps", type=int, default=1500, help="optimizer steps per run (the shared budget)")
+    ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget per run instead of steps")
+    ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
+    ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))
+    ap.add_argument("--out", default="runs/ablation_shapes")
+    ap.add_argument("--table", default=None, help="write the markdown table here (e.g. evals/shapes/ablation.md)")
+    ap.add_argument("--n-test", type=int, default=24, help="held-out text→tutorials per run")
+    ap.add_argument("--n-test-image", type=int, default=8, help="held-out image→tutorials per run")
+    ap.add_argument("--n-train", type=int, default=3000, help="training text→tutorials per seed")
+    ap.add_argument("--width", type=int, default=192)
+    ap.add_argument("--layers", type=int, default=4)
+    ap.add_argument("--heads", type=int, default=6)
+    ap.add_argument("--max-tokens", type=int, default=1536, help="token budget of one pack (one step)")
+    ap.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: auto, see pick_threads)")
+    ap.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
+    ap.add_argument("--label", default="", help="extra line under the title (e.g. 'reduced run: …')")
+    args = ap.parse_args(argv)
+
+    base = DemoConfig(width=args.width, layers=args.layers, heads=args.heads, device=args.device,
+                      max_tokens=args.max_tokens, threads=args.threads,
+                      n_test={"tutorial": args.n_test, "image_tutorial": args.n_test_image},
+                      log_every_s=60.0)
+    base.n_train = {**base.n_train, "tutorial": args.n_train}
+    out = Path(args.out)
+    results = []
+    budget = f"{args.minutes:g} min" if args.minutes else f"{args.steps} steps"
+    for seed in args.seeds:
+        for v in args.variants:
+            print(f"== {v} seed {seed} ({budget}, {args.device})", flush=True)
+            r = run_one(base, v, seed, out, None if args.minutes else args.steps, args.minutes,
+                        lambda s: print(s, flush=True))
+            t = r["scores"].get("tutorial", {})
+            print(f"   plan {t.get('plan_accuracy', 0):.3f}  IF {t.get('instruction_following', 0):.3f}  "
+                  f"({r['steps']} steps, {r['train_minutes']:.1f} min)", flush=True)
+            results.append(r)
+    header = (f"## Table 4 on the shapes world: ablations (mean ± std over seeds {args.seeds})\n\n"
+              f"Budget per run: {budget} of {args.max_tokens}-token packs on {args.device}; model width "
+              f"{args.width}, {args.layers} layers; "
+              f"{args.n_train} training text→tutorials per seed (+ image→tutorials, composition, style, plan-only "
+              f"mix of `loom.world.demo.DemoConfig`); judged on {args.n_test} held-out text→ and "
+              f"{args.n_test_image} image→tutorials per run.")
+    if args.label:
+        header += f"\n\n**{args.label}**"
+    md = table(results, header)
+    print(md)
+    (out / "ablation.md").write_text(md + "\n")
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    if args.table:
+        Path(args.table).parent.mkdir(parents=True, exist_ok=True)
+        Path(args.table).write_text(md + "\n")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
