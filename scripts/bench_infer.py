@@ -95,7 +95,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--k-max", type=int, default=2)
     p.add_argument("--repeats", type=int, default=2)
-    p.add_argument("--out", default="bench_infer.json")
+    p.add_argument("--out", default="evals/perf/infer_cpu.json")
     args = p.parse_args(argv)
 
     ld = load_pretrained(args.model, device=args.device, dtype=args.dtype, verbose=False)

@@ -97,7 +97,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--steps", type=int, default=10)
     ap.add_argument("--warmup", type=int, default=3)
     ap.add_argument("--layers", type=int, default=2, help="decoder/ViT layers of the BAGEL-width GPU model")
-    ap.add_argument("--out", type=Path, default=Path("bench_train.json"))
+    ap.add_argument("--out", type=Path, default=Path("evals/perf/train_cpu.json"))
     ap.add_argument("--cpu-only", action="store_true")
     a = ap.parse_args(argv)
     results = []
