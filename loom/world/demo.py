@@ -515,7 +515,7 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", max_steps: int | No
     `report.html` + `metrics.json` under `out`. Returns the metrics."""
     threads = torch.get_num_threads()
     torch.set_num_threads(pick_threads(cfg.threads, log))
-    flush = torch.set_flush_denormal(True)  # tiny Adam moments must not go denormal (slow on x86 CPUs)
+    flush = torch.set_flush_denormal(True)  # precaution: denormal Adam moments are slow on x86 CPUs
     try:
         return _run_demo(cfg, Path(out), max_steps, log)
     finally:
