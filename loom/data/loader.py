@@ -82,23 +82,10 @@ def stable_seed(*parts: Any) -> int:
     return int.from_bytes(h[:8], "little") & (2**63 - 1)
 
 
-def estimate_plan_tokens(plan: SequencePlan, geometry: PackGeometry) -> int:
-    """Packed length before CFG dropout: text ids + 2 markers; images grid + 2 markers."""
-    n = 0
-    for it in plan.items:
-        if it.type == "text":
-            n += len(it.text_ids) + 2
-        else:
-            stride = geometry.vit_patch if it.type == "vit_image" else geometry.latent_stride
-            n += (it.image.shape[1] // stride) * (it.image.shape[2] // stride) + 2
-    return n
-
-
 def plan_tokens(plan: SequencePlan, geometry: PackGeometry) -> int:
-    try:
-        from .builders import plan_num_tokens
-    except ImportError:
-        return estimate_plan_tokens(plan, geometry)
+    """Packed length before CFG dropout (the builders' exact count, markers included)."""
+    from .builders import plan_num_tokens
+
     return plan_num_tokens(plan, geometry)
 
 

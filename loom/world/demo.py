@@ -184,9 +184,9 @@ class SampleStream:
 
 
 def plan_length(plan: SequencePlan, geometry: PackGeometry) -> int:
-    from loom.data.loader import estimate_plan_tokens
+    from loom.data.builders import plan_num_tokens
 
-    return estimate_plan_tokens(plan, geometry)
+    return plan_num_tokens(plan, geometry)
 
 
 # ---- training -----------------------------------------------------------------------------------------------
