@@ -297,21 +297,30 @@ def render_tutorial(engine: Engine, contexts: ItemContexts, bctx: BuildContext, 
         items = [*prefix, plan, *history_items(bctx, images, {k: f"frame{k}" for k in hist})]
         if bctx.config.stepwise_prompt:  # ablation "w/o Stepwise Prompt": trained without S_t, rendered without
             items.append(step_item(bctx, t, text))
-        callback = on_frame_start(t, len(steps), hist) if on_frame_start else None
-        hook = velocity_hook_for(items) if velocity_hook_for else None
-        ent = entity_for(items, t) if entity_for else None
-        t0 = time.perf_counter()
-        fs = frame_seed(seed, t)
-        tokens, pil = render_frame(engine, contexts, items, h, w, sampler, bctx.frame(t), fs, stats, callback, hook,
-                                   ent)
-        secs = time.perf_counter() - t0
-        stats.frame_seconds.append(secs)
-        mem.images[f"frame{t}"] = pil
+        frame = _render_step(engine, contexts, bctx, items, t, len(steps), text, hist, h, w, sampler, seed, stats,
+                             on_frame_start, velocity_hook_for, entity_for)
+        mem.images[f"frame{t}"] = frame.image
         if feedback == "latent":  # the history item's VAE tensor stands for the generated latents
-            contexts.set_latents(images.vae(f"frame{t}"), tokens, h, w)
-        n_ctx = contexts.build(items).kv_len
-        frames.append(Frame(t, text, pil, tokens, hist, fs, secs, n_ctx, ent))
+            contexts.set_latents(images.vae(f"frame{t}"), frame.tokens, h, w)
+        frames.append(frame)
     return TutorialRender(frames, stats)
+
+
+def _render_step(engine: Engine, contexts: ItemContexts, bctx: BuildContext, items: list[PlanItem], index: int,
+                 total: int, text: str, history: list[int], h: int, w: int, sampler: ImageSamplerConfig, seed: int,
+                 stats: RenderStats, on_frame_start, velocity_hook_for, entity_for) -> Frame:
+    """One output on its timeline slot `index`: hooks, seeded sampling, timing and the Frame record shared by
+    tutorials and composition / decomposition."""
+    callback = on_frame_start(index, total, history) if on_frame_start else None
+    hook = velocity_hook_for(items) if velocity_hook_for else None
+    ent = entity_for(items, index) if entity_for else None
+    t0 = time.perf_counter()
+    fs = frame_seed(seed, index)
+    tokens, pil = render_frame(engine, contexts, items, h, w, sampler, bctx.frame(index), fs, stats, callback, hook,
+                               ent)
+    secs = time.perf_counter() - t0
+    stats.frame_seconds.append(secs)
+    return Frame(index, text, pil, tokens, history, fs, secs, contexts.build(items).kv_len, ent)
 
 
 def render_outputs(engine: Engine, contexts: ItemContexts, bctx: BuildContext, images: ImageCache,
@@ -327,17 +336,10 @@ def render_outputs(engine: Engine, contexts: ItemContexts, bctx: BuildContext, i
     fed: list[PlanItem] = []
     for m in range(1, num_outputs + 1):
         items = [*prefix, *fed]
-        callback = on_frame_start(m, num_outputs, list(range(1, m))) if on_frame_start else None
-        hook = velocity_hook_for(items) if velocity_hook_for else None
-        ent = entity_for(items, m) if entity_for else None
-        t0 = time.perf_counter()
-        fs = frame_seed(seed, m)
-        tokens, pil = render_frame(engine, contexts, items, h, w, sampler, bctx.frame(m), fs, stats, callback, hook,
-                                   ent)
-        secs = time.perf_counter() - t0
-        stats.frame_seconds.append(secs)
-        n_ctx = contexts.build(items).kv_len
-        frames.append(Frame(m, "", pil, tokens, list(range(1, m)), fs, secs, n_ctx, ent))
+        frame = _render_step(engine, contexts, bctx, items, m, num_outputs, "", list(range(1, m)), h, w, sampler,
+                             seed, stats, on_frame_start, velocity_hook_for, entity_for)
+        frames.append(frame)
+        tokens, pil = frame.tokens, frame.image
         if m < num_outputs:
             mem.images[f"output{m}"] = pil
             new = clean_image_items(bctx, images, f"output{m}", m, bctx.config.cfg_images, vit, f"output{m}")
