@@ -2,7 +2,7 @@
 sampling (K_max = 0). Every variant is trained from scratch with the same budget (optimizer steps, or wall-clock
 minutes) for each seed, then judged on held-out text→tutorials (and image→tutorials) by the programmatic judge.
 
-    python scripts/ablation_shapes.py --steps 1500 --seeds 0 1 2 --out runs/ablation \\
+    python scripts/ablation_shapes.py --steps 6000 --seeds 0 1 2 --out runs/ablation \\
         --table evals/shapes/ablation.md                      # GPU when available, CPU otherwise
 
 Variants (as the training builders and the inference loop implement them, `loom.data.builders.BuildConfig`):
@@ -105,7 +105,8 @@ def table(results: list[dict], header: str) -> str:
 
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--steps", type=int, default=1500, help="optimizer steps per run (the shared budget)")
+    ap.add_argument("--steps", type=int, default=6000,
+                    help="optimizer steps per run (the shared budget; 6000 = the demo default that passes)")
     ap.add_argument("--minutes", type=float, default=None, help="wall-clock budget per run instead of steps")
     ap.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     ap.add_argument("--variants", nargs="+", default=list(VARIANTS), choices=list(VARIANTS))

@@ -90,15 +90,48 @@ def _repeat_kv(x: Tensor, group: int) -> Tensor:
     return x if group == 1 else x.repeat_interleave(group, dim=1)
 
 
-def attention_sdpa(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
-    """q [Lq, H, d], k/v [Lk, Hkv, d] → [Lq, H, d]. Dense mask; rows with no allowed key give zeros."""
+def _sdpa_dense(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
     group = q.shape[1] // k.shape[1]
-    mask = spec.dense()
     out = F.scaled_dot_product_attention(
         q.transpose(0, 1)[None], _repeat_kv(k, group).transpose(0, 1)[None],
         _repeat_kv(v, group).transpose(0, 1)[None], attn_mask=mask[None, None],
     )
     return out[0].transpose(0, 1)
+
+
+def document_blocks(spec: MaskSpec) -> list[tuple[slice, slice, Tensor]] | None:
+    """Per document (q slice, k slice, its dense mask) when queries and keys are both grouped into the same
+    contiguous runs of documents — every training pack and every batched inference pass. Tokens of different
+    documents never attend to each other, so attention per document is exact and costs Σ L_i² instead of
+    (Σ L_i)²: on a 1536-token pack of ~6 samples that is ~5× less attention work. Cached on the spec (all layers
+    of one forward share it). None when the layout is not document-contiguous (the dense path then applies)."""
+    cached = spec.__dict__.get("_blocks")
+    if cached is not None:
+        return cached or None
+    docs_q, counts_q = torch.unique_consecutive(spec.q_doc, return_counts=True)
+    docs_k, counts_k = torch.unique_consecutive(spec.k_doc, return_counts=True)
+    blocks: list[tuple[slice, slice, Tensor]] = []
+    if docs_q.numel() == docs_k.numel() and torch.equal(docs_q, docs_k) and docs_q.unique().numel() == docs_q.numel():
+        cq = [0, *counts_q.cumsum(0).tolist()]
+        ck = [0, *counts_k.cumsum(0).tolist()]
+        for i in range(docs_q.numel()):
+            sq, sk = slice(cq[i], cq[i + 1]), slice(ck[i], ck[i + 1])
+            sub = MaskSpec(spec.q_doc[sq], spec.q_pos[sq], spec.q_split[sq], spec.q_mode[sq],
+                           spec.k_doc[sk], spec.k_pos[sk], spec.k_split[sk], spec.k_noise[sk])
+            blocks.append((sq, sk, sub.dense()))
+    spec.__dict__["_blocks"] = blocks
+    return blocks or None
+
+
+def attention_sdpa(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
+    """q [Lq, H, d], k/v [Lk, Hkv, d] → [Lq, H, d]. Dense mask per document (see `document_blocks`), or one
+    dense mask over everything when the documents are not contiguous; rows with no allowed key give zeros."""
+    blocks = document_blocks(spec)
+    if blocks is None:
+        return _sdpa_dense(q, k, v, spec.dense())
+    if len(blocks) == 1:
+        return _sdpa_dense(q, k, v, blocks[0][2])
+    return torch.cat([_sdpa_dense(q[sq], k[sk], v[sk], m) for sq, sk, m in blocks])
 
 
 _flex_compiled = None

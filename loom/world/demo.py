@@ -10,9 +10,11 @@ needs a *wall-clock* budget with a schedule over elapsed time, and none of the t
 resume machinery.
 
 Recipe (all in `DemoConfig`): 32 px canvas, pixel autoencoder (space-to-depth ×2) + latent patch 2 ⇒ 8×8 latent
-tokens per frame; MoT width 192, 4 layers; word-level tokenizer over the world's closed vocabulary; AdamW lr 1e-3
-with warm-up and a cosine decay over the time budget; one tutorial frame per visit plus plan-only instances
-(the shared prefix [scaffold, plan] of every tutorial instance) so that the plan CE sees many prompts.
+tokens per frame; MoT width 192, 4 layers; word-level tokenizer over the world's closed vocabulary (two-word cell
+names are one token); AdamW lr 1e-3 with warm-up and a cosine decay over the budget; one tutorial frame per visit
+plus plan-only instances (the shared prefix [scaffold, plan] of every tutorial instance) so that the plan CE sees
+many prompts; training timesteps shifted toward noise (shift 4: where each shape goes is decided at high t, which
+BAGEL's logit-normal draw at shift 1 rarely visits). Measured effect of each choice: evals/shapes/demo_scores.md.
 """
 
 from __future__ import annotations
@@ -49,9 +51,12 @@ TRAIN_TASKS = ("tutorial", "image_tutorial", "compose", "style")
 
 @dataclass
 class DemoConfig:
-    """One demo run. `minutes` is the training wall-clock budget (generation and scoring come on top)."""
+    """One demo run. The training budget is `steps` optimizer steps, capped by `minutes` of wall clock
+    (generation and scoring come on top); `steps=None` trains for `minutes`. The default is the smallest step
+    budget measured to reach the thresholds (evals/shapes/demo_scores.md): ~17 min on an idle 2-core CPU."""
 
-    minutes: float = 8.0
+    steps: int | None = 6000
+    minutes: float = 45.0
     seed: int = 0
     size: int = 32  # canvas side in pixels
     # model
@@ -68,7 +73,7 @@ class DemoConfig:
         "tutorial": 24, "image_tutorial": 8, "compose": 4, "style": 4})
     # mixture weights (per drawn sample); "plan" = plan-only instances of text→tutorials
     mix: dict[str, float] = field(default_factory=lambda: {
-        "tutorial": 4.0, "image_tutorial": 1.0, "compose": 1.0, "style": 0.5, "plan": 3.0})
+        "tutorial": 4.0, "image_tutorial": 1.0, "compose": 1.0, "style": 0.5, "plan": 12.0})
     frames_per_visit: int = 1
     k_max: int = 4
     use_temporal: bool = True
@@ -81,7 +86,7 @@ class DemoConfig:
     weight_decay: float = 0.0
     ce_weight: float = 0.25  # Loom §4.1: CE : MSE = 0.25 : 1
     max_grad_norm: float = 1.0
-    timestep_shift: float = 1.0  # train-time shift of t
+    timestep_shift: float = 4.0  # train-time shift of t toward noise: layout is decided at high t (see demo_scores.md)
     threads: int = 0  # torch threads; 0 = auto: 2 on an idle machine, 1 when others keep the CPU busy
     device: str = "cpu"
     # generation
@@ -511,8 +516,9 @@ THRESHOLDS = {"plan_accuracy": 0.9, "instruction_following": 0.7}
 
 def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", max_steps: int | None = None,
              log: Callable[[str], None] = _stdout) -> dict:
-    """World data → tokenizer → train for `cfg.minutes` (or `max_steps`) → generate held-out items → judge →
-    `report.html` + `metrics.json` under `out`. Returns the metrics."""
+    """World data → tokenizer → train for `max_steps` (default `cfg.steps`) capped by `cfg.minutes` → generate
+    held-out items → judge → `report.html` + `metrics.json` under `out`. Returns the metrics."""
+    max_steps = cfg.steps if max_steps is None else max_steps
     threads = torch.get_num_threads()
     torch.set_num_threads(pick_threads(cfg.threads, log))
     flush = torch.set_flush_denormal(True)  # precaution: denormal Adam moments are slow on x86 CPUs

@@ -2,7 +2,9 @@
 
 Every text the world can produce (prompts, plan steps, the scaffold, step prefixes) is split by GPT-2's byte-level
 pre-tokenizer into pieces such as "Step", " 1", ":", " red", ".", "\\n"; each distinct piece becomes one word-level
-token. Decoding runs the byte-level decoder, so decode(encode(text)) == text exactly (plans round-trip with their
+token. Two-word cell names (" top left", " bottom right", …) are one piece each, the phrase merge a BPE trained on
+this world would make: a cell's place in reading order is then a property of one token, instead of "top" whose
+meaning ("top" or "top left") only the *next* token settles — the plan must sort elements by that order. Decoding runs the byte-level decoder, so decode(encode(text)) == text exactly (plans round-trip with their
 newlines and punctuation). BAGEL's special tokens and the Loom entity tokens are added tokens, as in the release.
 
     tok = build_world_tokenizer("runs/demo/tokenizer", scaffold)   # a HF tokenizer folder + the loaded tokenizer
@@ -41,11 +43,25 @@ def world_corpus(scaffold: str, n_max: int = DEFAULT_N_MAX) -> list[str]:
     return texts
 
 
+# GPT-2's pre-tokenizer pattern with the two-word cell names as one alternative in front
+GPT2_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d| ?\p{L}+| ?\p{N}+| ?[^\s\p{L}\p{N}]+|\s+(?!\S)|\s+"""
+PHRASES = tuple(c for c in CELLS if " " in c)
+
+
+def world_pre_tokenizer():
+    """Split on GPT-2's pattern (cell phrases kept whole), then map bytes like GPT-2's byte-level step."""
+    from tokenizers import Regex, pre_tokenizers
+
+    phrases = "|".join(" ?" + re.escape(p) for p in sorted(PHRASES, key=len, reverse=True))
+    return pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(f"{phrases}|{GPT2_PATTERN}"), behavior="isolated"),
+        pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=False),
+    ])
+
+
 def _pieces(texts: Iterable[str], added: tuple[str, ...]) -> list[str]:
     """Pre-tokenizer pieces of the texts, split around the added tokens first (as the HF tokenizer does)."""
-    from tokenizers import pre_tokenizers
-
-    pre = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    pre = world_pre_tokenizer()
     splitter = re.compile("|".join(re.escape(a) for a in added))
     segments = [seg for t in texts for seg in splitter.split(t) if seg]
     return sorted({p for seg in segments for p, _ in pre.pre_tokenize_str(seg)})
@@ -55,7 +71,7 @@ def build_world_tokenizer(out_dir: str | Path, scaffold: str, n_max: int = DEFAU
                           entity_tokens: tuple[str, ...] = DEFAULT_ENTITY_TOKENS):
     """Write a HF tokenizer folder to `out_dir` and return it loaded with `loom.data.tokenizer.load_tokenizer`.
     Ids: the five BAGEL special tokens, the unknown token, the sorted pieces, then the entity tokens."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers
+    from tokenizers import Tokenizer, decoders, models
     from transformers import PreTrainedTokenizerFast
 
     from loom.data.tokenizer import load_tokenizer
@@ -64,7 +80,7 @@ def build_world_tokenizer(out_dir: str | Path, scaffold: str, n_max: int = DEFAU
     for p in _pieces(world_corpus(scaffold, n_max), (*SPECIAL_TOKENS, *entity_tokens)):
         vocab.setdefault(p, len(vocab))
     core = Tokenizer(models.WordLevel(vocab, unk_token=UNK))
-    core.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    core.pre_tokenizer = world_pre_tokenizer()
     core.decoder = decoders.ByteLevel()
     tok = PreTrainedTokenizerFast(tokenizer_object=core, unk_token=UNK, eos_token="<|endoftext|>",
                                   pad_token="<|endoftext|>")

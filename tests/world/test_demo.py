@@ -28,6 +28,17 @@ def test_world_tokenizer_round_trips_every_text(tmp_path):
             assert tok.decode(ids) == text
 
 
+def test_world_tokenizer_keeps_cell_names_whole(tmp_path):
+    """Two-word cells are one token each (the plan sorts by cell; "top" alone stays its own token)."""
+    from loom.world.shapes import CELLS
+
+    tok = build_world_tokenizer(tmp_path / "tok", DEMO_SCAFFOLD)
+    for cell in CELLS:
+        ids = encode(tok, f" in the {cell}.")
+        assert len(ids) == 4, (cell, tok.convert_ids_to_tokens(ids))
+    assert encode(tok, " top left")[0] != encode(tok, " top")[0]
+
+
 def test_lr_schedule_warms_up_then_decays():
     cfg = DemoConfig(lr=1e-3, warmup_steps=10, min_lr_ratio=0.1)
     assert lr_at(cfg, 0, 0.0) == pytest.approx(1e-4)
