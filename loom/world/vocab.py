@@ -4,8 +4,9 @@ Every text the world can produce (prompts, plan steps, the scaffold, step prefix
 pre-tokenizer into pieces such as "Step", " 1", ":", " red", ".", "\\n"; each distinct piece becomes one word-level
 token. Two-word cell names (" top left", " bottom right", …) are one piece each, the phrase merge a BPE trained on
 this world would make: a cell's place in reading order is then a property of one token, instead of "top" whose
-meaning ("top" or "top left") only the *next* token settles — the plan must sort elements by that order. Decoding runs the byte-level decoder, so decode(encode(text)) == text exactly (plans round-trip with their
-newlines and punctuation). BAGEL's special tokens and the Loom entity tokens are added tokens, as in the release.
+meaning ("top" or "top left") only the *next* token settles — the plan must sort elements by that order.
+Decoding runs the byte-level decoder, so decode(encode(text)) == text exactly (plans round-trip with their newlines
+and punctuation). BAGEL's special tokens and the Loom entity tokens are added tokens, as in the release.
 
     tok = build_world_tokenizer("runs/demo/tokenizer", scaffold)   # a HF tokenizer folder + the loaded tokenizer
 """

@@ -131,7 +131,7 @@ def test_training_pack_has_no_varlen_layout():
 @pytest.mark.parametrize("which", ["pack", "cached"])
 def test_sdpa_per_document_equals_one_dense_mask(which):
     """The sdpa backend attends per document (Σ L² work); the result equals one dense mask over everything."""
-    from loom.model.attention import _sdpa_dense, document_blocks
+    from loom.model.attention import _sdpa_dense
 
     if which == "pack":
         spec = spec_from_splits(PACK["sample_lens"], PACK["split_lens"], PACK["modes"])
@@ -139,7 +139,7 @@ def test_sdpa_per_document_equals_one_dense_mask(which):
     else:
         spec = _cached_spec([5, 0, 7], [3, 4, 1], True)
         q, k, v = _qkv(8, 20, seed=4)
-    blocks = document_blocks(spec)
+    blocks = spec.document_blocks
     assert blocks is not None and len(blocks) == (2 if which == "pack" else 3)
     ref = _sdpa_dense(q, k, v, spec.dense())
     assert torch.allclose(attention(q, k, v, spec, "sdpa"), ref, atol=1e-6)
@@ -147,6 +147,6 @@ def test_sdpa_per_document_equals_one_dense_mask(which):
     t = torch.tensor
     odd = MaskSpec(t([0, 1, 0]), t([0, 0, 1]), t([0, 1, 0]), t([0, 0, 0]), t([0, 1, 0]), t([0, 0, 1]),
                    t([0, 1, 0]), torch.zeros(3, dtype=torch.bool))
-    assert document_blocks(odd) is None
+    assert odd.document_blocks is None and odd.varlen_layout() is None
     q3, k3, v3 = _qkv(3, 3, seed=5)
     assert torch.allclose(attention(q3, k3, v3, odd, "sdpa"), _sdpa_dense(q3, k3, v3, odd.dense()), atol=1e-6)
