@@ -327,9 +327,11 @@ def generation_settings(cfg: DemoConfig, seed: int = 0):
 
 
 def generate_folder(pipe, manifest: Path, out_dir: Path, cfg: DemoConfig, limit: int | None = None,
-                    log: Callable[[str], None] | None = None) -> Path:
-    """Run the pipeline on every row of a held-out manifest; write PNGs + `predictions.jsonl` for the judge."""
-    from loom.infer.planner import PlanError
+                    log: Callable[[str], None] | None = None, gt_plan: bool = False) -> Path:
+    """Run the pipeline on every row of a held-out manifest; write PNGs + `predictions.jsonl` for the judge.
+    `gt_plan` (text→tutorials only) renders from the row's ground-truth plan through a `FixedPlanner`, which scores
+    the renderer alone (the ablation's second table); the default is the model's own plan, as in the paper."""
+    from loom.infer.planner import FixedPlanner, PlanError
     from loom.world.manifest import write_jsonl
 
     rows = read_jsonl(manifest)[:limit]
@@ -341,7 +343,8 @@ def generate_folder(pipe, manifest: Path, out_dir: Path, cfg: DemoConfig, limit:
         t0 = time.perf_counter()
         text, paths, error = "", [], None
         try:
-            res = pipe.run(task, row["prompt"], images=inputs, settings=generation_settings(cfg, seed=i))
+            extra = {"planner": FixedPlanner(row["plan"])} if gt_plan and task == "tutorial" else {}
+            res = pipe.run(task, row["prompt"], images=inputs, settings=generation_settings(cfg, seed=i), **extra)
             text = res.plan.text if res.plan is not None else ""
             for k, fr in enumerate(res.frames, 1):
                 rel = f"{row['id']}_{k}.png"
@@ -358,14 +361,15 @@ def generate_folder(pipe, manifest: Path, out_dir: Path, cfg: DemoConfig, limit:
 
 
 def evaluate(pipe, test: dict[str, Path], out_dir: Path, cfg: DemoConfig, limits: dict[str, int] | None = None,
-             log: Callable[[str], None] | None = None) -> dict[str, dict[str, float]]:
-    """Generate and judge every held-out task; returns {task kind: {axis: mean, n, missing}}."""
+             log: Callable[[str], None] | None = None, gt_plan: bool = False) -> dict[str, dict[str, float]]:
+    """Generate and judge every held-out task; returns {task kind: {axis: mean, n, missing}}. `gt_plan`: see
+    `generate_folder`."""
     from loom.world.judge import judge_folder
 
     scores: dict[str, dict[str, float]] = {}
     for task, manifest in test.items():
         limit = (limits or {}).get(task)
-        pred = generate_folder(pipe, manifest, out_dir / task, cfg, limit, log)
+        pred = generate_folder(pipe, manifest, out_dir / task, cfg, limit, log, gt_plan)
         # judge only the generated rows (a limit scores a prefix of the manifest)
         rows = read_jsonl(manifest)[:limit]
         sub = out_dir / task / "manifest.jsonl"
