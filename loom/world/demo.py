@@ -284,11 +284,13 @@ def train(model: Loom, vae, stream: SampleStream, tokens: SpecialTokens, cfg: De
             for k in ("loss", "ce", "mse"):
                 getattr(tl, k).append(win[k] / n)
             tl.lr.append(opt.param_groups[0]["lr"])
-            of = f"/{max_steps}" if max_steps and max_steps * 10 < seconds else ""
-            budget = f"/{seconds / 60:.2f}" if seconds < 1e8 else ""
             rate = (now - last_t) / n
             last_t = now
-            log(f"      step {step:5d}{of}  {now / 60:5.2f}{budget} min  {rate:4.2f} s/step  loss {win['loss'] / n:.4f}  "
+            # progress against whichever budget binds first: the step budget or the wall-clock cap
+            of = f"/{max_steps}" if max_steps else ""
+            left = min((max_steps - step) * rate if max_steps else float("inf"), seconds - now)
+            eta = f" (~{max(left, 0.0) / 60:.1f} left)" if left < 1e8 else ""
+            log(f"      step {step:5d}{of}  {now / 60:5.2f} min{eta}  {rate:4.2f} s/step  loss {win['loss'] / n:.4f}  "
                 f"plan-CE {win['ce'] / n:.4f}  MSE {win['mse'] / n:.4f}  lr {opt.param_groups[0]['lr']:.2e}")
             win = {"loss": 0.0, "ce": 0.0, "mse": 0.0, "n": 0}
             last_log = now

@@ -70,5 +70,6 @@ def test_demo_miniature_writes_report_and_metrics(tmp_path):
     assert metrics["headline"] == on_disk["headline"]
     assert any(line.startswith("[3/5] training") for line in lines)  # progress is visible
     assert any("step" in line and "loss" in line for line in lines)
+    assert any("step    30/30 " in line and "left)" in line for line in lines)  # progress against the step budget
     html = (out / "report.html").read_text()
     assert "ground truth" in html and "data:image/png;base64," in html
