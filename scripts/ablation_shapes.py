@@ -40,6 +40,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from loom.data.tokenizer import SpecialTokens  # noqa: E402
+from loom.utils.io import atomic_write_json, atomic_write_text  # noqa: E402
 from loom.world.demo import (  # noqa: E402
     DEMO_SCAFFOLD,
     DemoConfig,
@@ -91,7 +92,7 @@ def run_one(base: DemoConfig, variant: str, seed: int, out: Path, steps: int | N
               "train_minutes": train_s / 60, "final_loss": tl.loss[-1] if tl.loss else None, "scores": scores,
               "scores_gt_plan": gt}
     run_dir.mkdir(parents=True, exist_ok=True)
-    result_file.write_text(json.dumps(result, indent=2))
+    atomic_write_json(result_file, result)  # the resume marker: never half-written
     return result
 
 
@@ -226,11 +227,11 @@ def main(argv: list[str] | None = None) -> int:
         header += f"\n\n**{args.label}**"
     md = table(results, header)
     print(md)
-    (out / "ablation.md").write_text(md + "\n")
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    atomic_write_text(out / "ablation.md", md + "\n")
+    atomic_write_json(out / "results.json", results)
     if args.table:
         Path(args.table).parent.mkdir(parents=True, exist_ok=True)
-        Path(args.table).write_text(md + "\n")
+        atomic_write_text(args.table, md + "\n")
     return 0
 
 

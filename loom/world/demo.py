@@ -332,7 +332,7 @@ def generate_folder(pipe, manifest: Path, out_dir: Path, cfg: DemoConfig, limit:
                     log: Callable[[str], None] | None = None, gt_plan: bool = False) -> Path:
     """Run the pipeline on every row of a held-out manifest; write PNGs + `predictions.jsonl` for the judge.
     `gt_plan` (text→tutorials only) renders from the row's ground-truth plan through a `FixedPlanner`, which scores
-    the renderer alone (the ablation's second table); the default is the model's own plan, as in the paper."""
+    the renderer alone (the ablation's renderer-only table); the default is the model's own plan, as in the paper."""
     from loom.infer.planner import FixedPlanner, PlanError
     from loom.world.manifest import write_jsonl
 
