@@ -12,19 +12,22 @@ APP_BIN := $(APP_VENV)/bin
 
 .PHONY: setup app demo test lint bench
 
+# a new venv at $(1) with torch installed first (see above)
+define new_venv
+	$(PY) -m venv $(1)
+	$(1)/bin/pip install -q --upgrade pip
+	$(1)/bin/pip install -q torch==$(TORCH_VERSION)
+endef
+
 $(BIN)/python:
-	$(PY) -m venv $(VENV)
-	$(BIN)/pip install -q --upgrade pip
-	$(BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(call new_venv,$(VENV))
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
 	$(BIN)/pip install -q -e ".[dev,video]"
 	touch $@
 
 $(APP_BIN)/python:
-	$(PY) -m venv $(APP_VENV)
-	$(APP_BIN)/pip install -q --upgrade pip
-	$(APP_BIN)/pip install -q torch==$(TORCH_VERSION)
+	$(call new_venv,$(APP_VENV))
 
 $(APP_VENV)/.installed: $(APP_BIN)/python pyproject.toml
 	$(APP_BIN)/pip install -q -e ".[app]"

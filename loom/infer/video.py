@@ -10,22 +10,22 @@ shown --seconds-per-frame. Small frames are enlarged by an integer factor with n
 stays sharp), large ones are shrunk; the caption strip is as tall as the longest wrapped caption needs, so every
 video frame has the same size. MP4 is H.264 (yuv420p, even sides) through PyAV; GIF is written by Pillow, whose
 per-frame adaptive palette keeps colours that ffmpeg's GIF encoder would need a palettegen filter graph for.
-Files are written atomically (temp file + rename). Exit status: 0 ok, 2 bad input.
+Files are written atomically (`loom.utils.io`). Exit status: 0 ok, 2 bad input.
 """
 
 from __future__ import annotations
 
 import argparse
+import io
 import json
 import math
-import os
 import sys
-import tempfile
 from fractions import Fraction
 from pathlib import Path
 
 from PIL import Image, ImageDraw, ImageFont
 
+from ..utils.io import atomic_write_bytes
 from .storyboard import TASK_TITLES, entity_labels
 
 FORMATS = ("gif", "mp4")
@@ -164,24 +164,13 @@ def _title_card(d: dict, inputs: list[Image.Image], width: int, height: int, fon
     return canvas
 
 
-def _atomic(path: Path, write) -> Path:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=path.suffix, dir=path.parent)
-    os.close(fd)
-    try:
-        write(Path(tmp))
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_gif(frames: list[Image.Image], path: str | Path, seconds: float = SECONDS_PER_FRAME) -> Path:
     """Looping GIF, `seconds` per frame. (Pillow merges *identical* consecutive frames into one longer frame.)"""
-    ms = max(20, round(seconds * 1000))
-    return _atomic(Path(path), lambda p: frames[0].save(p, format="GIF", save_all=True, append_images=frames[1:],
-                                                        duration=ms, loop=0))
+    buf = io.BytesIO()
+    frames[0].save(buf, format="GIF", save_all=True, append_images=frames[1:], duration=max(20, round(seconds * 1000)),
+                   loop=0)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 def write_mp4(frames: list[Image.Image], path: str | Path, seconds: float = SECONDS_PER_FRAME) -> Path:
@@ -191,18 +180,19 @@ def write_mp4(frames: list[Image.Image], path: str | Path, seconds: float = SECO
     except ImportError:
         raise VideoError("MP4 export needs PyAV: pip install -e '.[video]' (GIF needs nothing extra)") from None
 
-    def write(p: Path) -> None:
-        with av.open(str(p), mode="w", format="mp4") as container:
-            stream = container.add_stream("libx264", rate=Fraction(1000, max(1, round(seconds * 1000))))
-            stream.width, stream.height = frames[0].size
-            stream.pix_fmt = "yuv420p"
-            stream.options = {"crf": "18"}
-            for im in frames:
-                for packet in stream.encode(av.VideoFrame.from_image(im)):
-                    container.mux(packet)
-            for packet in stream.encode():
+    buf = io.BytesIO()
+    with av.open(buf, mode="w", format="mp4") as container:
+        stream = container.add_stream("libx264", rate=Fraction(1000, max(1, round(seconds * 1000))))
+        stream.width, stream.height = frames[0].size
+        stream.pix_fmt = "yuv420p"
+        stream.options = {"crf": "18"}
+        for im in frames:
+            for packet in stream.encode(av.VideoFrame.from_image(im)):
                 container.mux(packet)
-    return _atomic(Path(path), write)
+        for packet in stream.encode():
+            container.mux(packet)
+    atomic_write_bytes(path, buf.getvalue())
+    return Path(path)
 
 
 def export_video(folder: str | Path, formats: tuple[str, ...] | list[str] = ("gif",),
