@@ -41,6 +41,9 @@ class SourceConfig:
     split: str = "train"  # HF datasets split
     num_rows: int = 64  # synthetic only: rows in the source
     image_size: int = 32  # synthetic only: VAE image side in pixels
+    # BuildConfig overrides for this source only, merged over data.build (e.g. the same tutorial manifest once as
+    # frame instances and once as plan-only instances: {frames_per_visit: 0})
+    build: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -155,8 +158,8 @@ def build_sources(cfg: DataConfig, tokenizer, tokens: SpecialTokens, geometry: P
         else:
             from .manifest import ManifestSource
 
-            out[name] = ManifestSource(sc.path, sc.format, sc.split, tokenizer, tokens, cfg.build, geometry,
-                                       model_slots)
+            out[name] = ManifestSource(sc.path, sc.format, sc.split, tokenizer, tokens, {**cfg.build, **sc.build},
+                                       geometry, model_slots)
     if not out:
         raise DataError("data.sources is empty: add at least one source (see data/README.md)")
     return out

@@ -211,6 +211,7 @@ class Trainer:
         self.num_samples = 0
         self._stop = False
         self._sample_warned = False
+        self._eval_warned = False
         self._resumed_step = -1
         self._resume()
 
@@ -378,6 +379,29 @@ class Trainer:
         finally:
             self.model.train()
 
+    def maybe_eval(self) -> None:
+        """`eval.fn` every `eval.every` steps on rank 0 (EMA weights by default); scores → metrics.jsonl."""
+        ec = self.cfg.eval
+        if ec.every <= 0 or self.step % ec.every or not ec.fn:
+            return
+        if self.info.distributed:
+            if not self._eval_warned:
+                log.warning("eval hook under FSDP is not supported; skipping (score an export instead)")
+                self._eval_warned = True
+            return
+        fn = _import(ec.fn)
+        ctx = self.ema.swapped_in(self.model) if ec.use_ema and self.ema else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        try:
+            self.model.eval()
+            with ctx, torch.no_grad(), preserved_rng():
+                scores = fn(model=self.model, vae=self.vae, tokenizer=self.tokenizer, build=self.build_config,
+                            step=self.step, out_dir=self.run_dir / "evals" / step_dir_name(self.step), **ec.args)
+        finally:
+            self.model.train()
+        scores = {k: float(v) for k, v in (scores or {}).items()}
+        self.sink.write({"step": self.step, "kind": "eval", **scores, "eval_seconds": time.perf_counter() - t0})
+
     def _on_sigterm(self, signum, frame) -> None:
         log.warning("SIGTERM received: finishing the current step, then saving")
         self._stop = True
@@ -391,7 +415,12 @@ class Trainer:
         window = {"tokens": 0.0, "len_sq": 0.0, "t0": time.perf_counter()}
         last_saved = self._resumed_step
         status, rec = "finished", {}
+        from .progress import Progress
+
+        progress = Progress(info.is_main and cfg.log.progress, cfg.run.total_steps, self.step, cfg.run.max_minutes)
+        console = contextlib.ExitStack()
         try:
+            console.enter_context(progress.redirect_logging())
             while self.step < cfg.run.total_steps:
                 micro = [next(self.loader) for _ in range(self.grad_accum)]
                 for tb in micro:
@@ -431,8 +460,16 @@ class Trainer:
                 if cfg.checkpoint.export_every > 0 and self.step % cfg.checkpoint.export_every == 0:
                     self.export()
                 self.maybe_sample()
+                self.maybe_eval()
+                progress.update(rec)
                 if stop:
                     status = "terminated"
+                    break
+                if progress.over_time() and self.step < cfg.run.total_steps:
+                    status = "time_limit"
+                    log.warning("run.max_minutes=%g reached after %.1f min: stopping EARLY at step %d of %d "
+                                "(checkpoint saved, no export); rerun with a larger cap or 0 to finish",
+                                cfg.run.max_minutes, progress.minutes(), self.step, cfg.run.total_steps)
                     break
             if last_saved != self.step:
                 self.save()
@@ -440,6 +477,8 @@ class Trainer:
                 if not (cfg.checkpoint.export_every > 0 and self.step % cfg.checkpoint.export_every == 0):
                     self.export()
         finally:
+            progress.close()
+            console.close()
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
             self.sink.close()
