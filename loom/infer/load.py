@@ -13,6 +13,13 @@ The LLM passes dataclasses (routing indices, KV merge layout) that accelerate's 
 dispatched decoder layer also gets a small pre-hook that moves them, and hands its hidden state back to the
 main device (the KV cache of a layer stays on that layer's device).
 
+Sequence layout: a loom export records every build setting that shaped its training sequences (loom_config.json
+"build": VAE / ViT transforms, scaffold, K_max, N_max, temporal on/off, stepwise prompt …, `loom.train.export.
+LAYOUT_KEYS`); `Loaded.build` carries them and `Loaded.layout` lists what was recorded, so inference lays
+sequences out as trained (a history frame at the trained ViT resolution, not BAGEL's 980 px: 3.6× the tokens
+at 518). A BAGEL release records nothing: BAGEL's inference transforms (VAE 1024/512, ViT 980/224), clamped
+to the model's position tables, and loom's other defaults apply.
+
 Entity tokens (`<model>`, `<object>` …, Loom §3.3): a loom export's tokenizer carries them and its rows hold
 the trained embeddings — they load as saved (the ids are checked against loom_config.json "entities"). A plain
 BAGEL release lacks them: they are registered on the fly (BAGEL's spare rows above the tokenizer, mean-
@@ -52,6 +59,7 @@ class Loaded:
     device_map: dict | None = None
     entities: EntityVocab | None = None  # the registered entity tokens (ids)
     untrained_entities: tuple[str, ...] = ()  # registered at load time: mean-initialised, never trained
+    layout: dict = dataclasses.field(default_factory=dict)  # the build settings the export recorded (trained)
 
     def describe(self) -> dict:
         return {"path": self.path, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
@@ -102,8 +110,25 @@ def parse_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.d
     return table[name]
 
 
-def build_config_from_export(path: Path, cfg: LoomConfig) -> BuildConfig:
-    """Layout knobs an export may record in loom_config.json (top level or under "build")."""
+BAGEL_VAE_TRANSFORM = (1024, 512)  # BAGEL's inference resize rules (max, min side; bagel-spec §5.1)
+BAGEL_VIT_TRANSFORM = (980, 224)
+
+
+def default_transforms(cfg: LoomConfig) -> dict[str, tuple[int, int, int]]:
+    """BAGEL's inference transforms (max, min, stride), clamped to what the model's position tables cover."""
+    vae_lim = cfg.max_latent_size * cfg.pixels_per_latent_token
+    vit_lim = cfg.vit_max_num_patch_per_side * cfg.vit.patch_size
+    out = {}
+    for name, (mx, mn), lim, stride in (("vae_transform", BAGEL_VAE_TRANSFORM, vae_lim, cfg.pixels_per_latent_token),
+                                        ("vit_transform", BAGEL_VIT_TRANSFORM, vit_lim, cfg.vit.patch_size)):
+        mx = min(mx, lim)
+        out[name] = (mx, min(mn, mx), stride)
+    return out
+
+
+def build_config_from_export(path: Path, cfg: LoomConfig) -> tuple[BuildConfig, dict]:
+    """(BuildConfig, the settings the export recorded) from loom_config.json (top level or under "build").
+    Unrecorded transforms are BAGEL's (`default_transforms`), the rest loom's defaults."""
     extra: dict = {}
     f = path / "loom_config.json"
     if f.exists():
@@ -111,12 +136,15 @@ def build_config_from_export(path: Path, cfg: LoomConfig) -> BuildConfig:
         extra = {**{k: v for k, v in d.items() if not isinstance(v, dict)}, **d.get("build", {})}
     names = {f.name for f in dataclasses.fields(BuildConfig)}
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in extra.items() if k in names}
+    recorded = dict(kw)
+    for k, v in default_transforms(cfg).items():
+        kw.setdefault(k, v)
     kw.setdefault("max_frames", cfg.max_frames)
     kw.setdefault("max_references", cfg.max_references)
     if not cfg.temporal_embedding:
         kw.setdefault("use_temporal", False)
     kw["n_max"] = min(kw.get("n_max", BuildConfig.n_max), kw["max_frames"])
-    return BuildConfig(**kw)
+    return BuildConfig(**kw), recorded
 
 
 # ---- multi-device placement ------------------------------------------------------------------------------------
@@ -215,7 +243,7 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None, 
     dt = parse_dtype(dtype, dev)
     load_dev = "cpu" if device_map is not None else dev
     model, vae, tok, cfg = load_bagel(path, device=load_dev, dtype=dt, verbose=verbose)
-    build = build_config_from_export(path, cfg)
+    build, layout = build_config_from_export(path, cfg)
     tokens = build.entity_tokens if entity_tokens is None else tuple(entity_tokens)
     entities = ensure_entity_tokens(model, tok, tokens, path)
     dm = None
@@ -233,4 +261,4 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None, 
         from ..model.attention import default_backend
 
         model.attn_backend = default_backend(dev)
-    return Loaded(model, vae, tok, cfg, build, str(path), dt, dev, dm, entities, entities.added)
+    return Loaded(model, vae, tok, cfg, build, str(path), dt, dev, dm, entities, entities.added, layout)
