@@ -113,3 +113,25 @@ def test_background_is_plain_cfg_for_every_renorm(renorm, img_scale):
     assert torch.equal(guided_velocity(v_c, v_t, v_i, 4.0, img_scale, 8.0, None, renorm), plain)
     no_text = combine_cfg(v_c, None, v_i, 4.0, img_scale, renorm)
     assert torch.equal(guided_velocity(v_c, None, v_i, 4.0, img_scale, 8.0, mask, renorm), no_text)
+
+
+def test_user_mask_is_saved_and_recorded(pipe, tiny_settings, tmp_path):
+    """The mask that guided each frame is written beside it (white = s_entity) and named in result.json."""
+    import json
+
+    from infer_helpers import pattern_image
+    from PIL import Image
+
+    from loom.infer.output import write_result
+
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 16, 32))  # left half of the 2×2 token grid
+    mask.save(tmp_path / "mask.png")
+    res = pipe.run("compose", "The <model> of <image 1>", [pattern_image(1)],
+                   tiny_settings(entity_scale=7.0, entity_mask=str(tmp_path / "mask.png")))
+    write_result(res, tmp_path / "out")
+    d = json.loads((tmp_path / "out" / "result.json").read_text())
+    ent = d["steps"][0]["entity_cfg"]
+    assert ent["mask_source"] == "user" and ent["coverage"] == 0.5 and d["entity_cfg"]["mask_source"] == "user"
+    saved = Image.open(tmp_path / "out" / ent["mask_image"])
+    assert saved.size == (32, 32) and saved.tobytes() == mask.tobytes()
