@@ -21,7 +21,10 @@ from loom.eval.benchmarks import BenchItem
 Handler = Callable[[dict[str, Any]], tuple[int, Any, float]]
 
 
-def chat_reply(text: str, model: str = "fake-judge-2025-01-01") -> dict[str, Any]:
+FAKE_JUDGE_MODEL = "fake-judge-2025-01-01"  # the model name the fake judge serves (and dry runs ask for)
+
+
+def chat_reply(text: str, model: str = FAKE_JUDGE_MODEL) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",

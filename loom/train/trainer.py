@@ -16,6 +16,7 @@ shift; exports save it with `save_pretrained` and record the vocabulary and the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -45,7 +46,7 @@ from . import parallel
 from .checkpoint import CheckpointManager, step_dir_name
 from .config import ModelInitConfig, TrainConfig
 from .ema import EMA
-from .export import write_export
+from .export import layout_json, write_export
 from .losses import StepCounts, local_counts, micro_loss, reported
 from .metrics import MetricsSink, peak_memory_gb, peak_tflops, train_flops
 from .optim import (
@@ -100,13 +101,13 @@ def _import(path: str):
     return getattr(importlib.import_module(mod), name)
 
 
-def build_export_meta(build: BuildConfig, entities: EntityVocab | None) -> dict:
-    """What an export records in loom_config.json beyond the architecture: the inference layout knobs of the
-    training BuildConfig ("build", read by `loom.infer.load.build_config_from_export`) and the entity
-    vocabulary ("entities", `EntityVocab.to_dict()`)."""
-    keys = ("k_max", "n_max", "scaffold", "use_temporal", "stepwise_prompt", "use_vit_for_history",
-            "use_vit_for_references", "entity_tokens")
-    meta = {"build": {k: (list(v) if isinstance(v, tuple) else v) for k in keys for v in [getattr(build, k)]}}
+def build_export_meta(build: BuildConfig, entities: EntityVocab | None, dropout=None) -> dict:
+    """What an export records in loom_config.json beyond the architecture: every sequence-shaping setting of the
+    training BuildConfig ("build", `export.LAYOUT_KEYS`, read by `loom.infer.load.build_config_from_export`),
+    the trained condition dropout ("cfg_dropout", a `CondDropout`) and the entity vocabulary ("entities")."""
+    meta = {"build": layout_json(build)}
+    if dropout is not None:
+        meta["cfg_dropout"] = dataclasses.asdict(dropout)
     meta["entities"] = entities.to_dict() if entities is not None else {"entity_tokens": {}}
     return meta
 
@@ -264,7 +265,8 @@ class Trainer:
         if self.info.is_main:
             dtype = _DTYPES[self.cfg.checkpoint.export_dtype]
             write_export(out, sd, self.model_cfg, self.tokenizer_dir, self.source_dir, self.config_yaml, dtype,
-                         tokenizer=self.tokenizer, loom_extra=build_export_meta(self.build_config, self.entities))
+                         tokenizer=self.tokenizer, loom_extra=build_export_meta(self.build_config, self.entities,
+                                                                   self.cfg.data.cond_dropout()))
             log.info("exported %s weights to %s", "EMA" if use_ema else "raw", out)
         parallel.barrier(self.info)
         return out
