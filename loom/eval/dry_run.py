@@ -17,7 +17,7 @@ from loom.eval import benchmarks as B
 from loom.eval import omnicontext as O
 from loom.eval import tables as T
 from loom.eval.clip_score import TransformersClip, write_clip_scores
-from loom.eval.fakes import FakeJudgeServer, build_tiny_clip, fake_tutorial_generator
+from loom.eval.fakes import FakeOpenAIServer, build_tiny_clip, fake_tutorial_generator
 from loom.eval.harness import ExternalPlanGenerator, load_plans, run_generation
 from loom.eval.human import load_human_csv
 from loom.eval.judge import JudgeClient, JudgeConfig
@@ -83,7 +83,7 @@ def dry_run(out: Path) -> list[Path]:
     data = make_toy_data(out / "data")
     os.environ.setdefault("LOOM_DRY_RUN_KEY", "dry-run")
     written: list[Path] = []
-    with FakeJudgeServer() as srv:
+    with FakeOpenAIServer() as srv:
 
         def client(model: str, official: bool = False) -> JudgeClient:
             return JudgeClient(
