@@ -222,8 +222,9 @@ def makeanything_samples(source: Path) -> Iterator[tuple[str, Image.Image, str]]
 
 
 def caption_subject(caption: str) -> str:
-    """"2*2 of 4 sub-images, step-by-step oil painting of a cat." → "step-by-step oil painting of a cat"."""
-    return _GRID.sub("", caption).strip().rstrip(".")
+    """"2*2 of 4 sub-images, step-by-step oil painting of a cat." → "step-by-step oil painting of a cat" (the
+    first line: later lines of a caption file may hold step captions, see scripts/convert_makeanything.py)."""
+    return _GRID.sub("", caption.strip().split("\n", 1)[0]).strip().rstrip(".")
 
 
 def painting_domain(caption: str) -> str | None:

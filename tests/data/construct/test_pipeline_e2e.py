@@ -12,10 +12,17 @@ from pathlib import Path
 import numpy as np
 from conftest import KEY_ENV, caption_json, endpoint_args, is_reask, request_images
 from PIL import Image
-from videos import ELEMENTS, black, dominant_color, states, tutorial_video_frames, write_empty_video, write_video
+from videos import (
+    black,
+    dominant_color,
+    states,
+    tutorial_video_frames,
+    write_empty_video,
+    write_video,
+)
 
 from loom.data.__main__ import main as data_main
-from loom.world.shapes import Element, render
+from loom.world.shapes import Element
 
 ROOT = Path(__file__).resolve().parents[3]
 FIXTURE = ROOT / "tests" / "fixtures" / "bagel-tiny"
