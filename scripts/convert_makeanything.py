@@ -25,10 +25,11 @@ import json
 import sys
 from pathlib import Path
 
+from loom.data.construct.filter import held_out_ids
 from loom.data.construct.prompts import painting_prompt
 from loom.eval.benchmarks import caption_subject, grid_shape, makeanything_samples, split_grid
 from loom.eval.clip_score import strip_step_label
-from loom.eval.fsio import EvalInputError, read_id_list
+from loom.eval.fsio import EvalInputError
 from loom.utils.io import atomic_write_jsonl
 
 SHAPES = {4: (2, 2), 9: (3, 3), 6: (2, 3), 8: (2, 4), 12: (3, 4), 16: (4, 4)}
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     a = ap.parse_args(argv)
     grid = tuple(int(x) for x in a.grid.lower().split("x")) if a.grid else None
     try:
-        exclude = set(read_id_list(a.exclude_ids)) if a.exclude_ids else None
+        exclude = held_out_ids(a.exclude_ids) if a.exclude_ids else None
         print(json.dumps(convert(a.src, a.out, grid, a.gutter, exclude)))
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)

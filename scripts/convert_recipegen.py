@@ -22,9 +22,10 @@ import shutil
 import sys
 from pathlib import Path
 
+from loom.data.construct.filter import held_out_ids
 from loom.data.construct.prompts import recipe_prompt
 from loom.eval.clip_score import strip_step_label
-from loom.eval.fsio import EvalInputError, read_id_list
+from loom.eval.fsio import EvalInputError
 from loom.utils.io import atomic_write_jsonl
 
 TEXT_KEYS = ("text", "instruction", "step", "description", "caption")
@@ -95,7 +96,7 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--exclude-ids", type=Path, help="evaluation id list, e.g. evals/recipegen/test_ids.txt")
     a = ap.parse_args(argv)
     try:
-        exclude = set(read_id_list(a.exclude_ids)) if a.exclude_ids else None
+        exclude = held_out_ids(a.exclude_ids) if a.exclude_ids else None
         print(json.dumps(convert(a.src, a.out, a.min_steps, a.copy_images, a.images, exclude)))
     except EvalInputError as e:
         print(f"error: {e}", file=sys.stderr)

@@ -72,8 +72,7 @@ def validate_main(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    from ..utils.openai_client import EndpointError
-    from .construct import caption, compose, destylize, filter, frames
+    from .construct.cli import add_parsers
     from .construct.stage import StageError
 
     ap = argparse.ArgumentParser(prog="loom data", description="Build and check training manifests "
@@ -92,8 +91,7 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--format", default="auto", help="auto | jsonl | parquet | hf")
     v.add_argument("--json", help="also write the report as JSON here")
     v.set_defaults(fn=validate_main)
-    for module in (frames, caption, filter, compose, destylize):
-        module.add_parser(sub)
+    add_parsers(sub)
     args, extra = ap.parse_known_args(argv)
     # argparse cannot take positionals after an option when the first positional already matched: accept
     # `validate MANIFEST --train-config X key=value …` as well as the overrides before the option
@@ -103,7 +101,14 @@ def main(argv: list[str] | None = None) -> int:
         ap.error(f"unrecognized arguments: {' '.join(extra)}")
     try:
         return int(args.fn(args) or 0)
-    except (StageError, EndpointError, ValueError, FileNotFoundError) as e:
+    except (StageError, ValueError, FileNotFoundError) as e:
+        print(f"loom data {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from ..utils.openai_client import EndpointError  # lazily: openai is not needed by validate / frames
+
+        if not isinstance(e, EndpointError):
+            raise
         print(f"loom data {args.cmd}: error: {e}", file=sys.stderr)
         return 2
 

@@ -53,9 +53,15 @@ def _digest(body: dict[str, Any]) -> int:
 
 
 def default_handler(body: dict[str, Any]) -> tuple[int, Any, float]:
-    """Deterministic, plausible replies: rubric JSON for tutorial/painting prompts, {"score"} for OmniContext."""
+    """Deterministic, plausible replies: caption JSON for `loom data caption` (one step per image sent), rubric
+    JSON for tutorial/painting prompts, {"score"} for OmniContext."""
     text = json.dumps(body["messages"])
     h = _digest(body)
+    if "frames of one tutorial" in text:
+        n = sum(1 for m in body["messages"] if isinstance(m["content"], list)
+                for p in m["content"] if p.get("type") == "image_url")
+        steps = [f"Do part {k} of the work (variant {h % 97})." for k in range(1, n + 1)]
+        return 200, json.dumps({"prompt": f"Create a tutorial for making item {h % 997}.", "steps": steps}), 0.0
     if "Rate from 0 to 10" in text:
         return 200, json.dumps({"score": h % 11, "reasoning": "fake"}), 0.0
     fields = (
@@ -74,14 +80,15 @@ def png_bytes(image: Image.Image) -> bytes:
 
 
 def default_image_handler(req: dict[str, Any]) -> tuple[int, Any, float]:
-    """Generations: a flat colour from the prompt hash. Edits of one image: its greyscale version (a stand-in for
-    de-stylization). Edits of several images: them side by side (a stand-in composite)."""
+    """Generations: a flat colour from the prompt hash. Edits of one image: its transposed greyscale version (a
+    stand-in for de-stylization that a perceptual hash sees as a change). Edits of several images: them side by
+    side (a stand-in composite)."""
     if req["path"].endswith("/generations"):
         h = hashlib.sha256(req["prompt"].encode()).digest()
         return 200, png_bytes(Image.new("RGB", (32, 32), tuple(h[:3]))), 0.0
     images = [Image.open(io.BytesIO(b)).convert("RGB") for b in req["images"]]
     if len(images) == 1:
-        return 200, png_bytes(ImageOps.grayscale(images[0]).convert("RGB")), 0.0
+        return 200, png_bytes(ImageOps.grayscale(images[0].transpose(Image.Transpose.TRANSPOSE)).convert("RGB")), 0.0
     height = max(im.height for im in images)
     canvas = Image.new("RGB", (sum(im.width for im in images), height), (255, 255, 255))
     x = 0

@@ -168,18 +168,3 @@ def run(args) -> int:
     result = run_stage(st, items, work_dir_for(out), settings, **kw)
     return finish_stage(st, items, result, [str(args.manifest)], out, settings, kw["shard"])
 
-
-def add_parser(sub) -> None:
-    from .stage import add_run_args
-
-    p = sub.add_parser("caption", help="VLM writes the prompt and one caption per frame (frames.jsonl → manifest)")
-    p.add_argument("manifest", type=Path, help="frames.jsonl from `loom data frames` (or a tutorial manifest)")
-    p.add_argument("--out", type=Path, required=True, help="output manifest (.jsonl)")
-    p.add_argument("--recaption", action="store_true", help="refine existing plans instead of writing new ones")
-    p.add_argument("--max-side", type=int, default=768, help="frames are sent at this long side (px)")
-    p.add_argument("--temperature", type=float, default=0.0)
-    p.add_argument("--max-tokens", type=int, default=1500)
-    p.add_argument("--no-json-mode", action="store_true", help="omit response_format (servers without JSON mode)")
-    endpoint.add_endpoint_args(p, "vlm", "captioning VLM", required=True)
-    add_run_args(p)
-    p.set_defaults(fn=run)

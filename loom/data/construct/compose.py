@@ -30,7 +30,7 @@ from loom.utils.io import atomic_write_bytes
 from loom.utils.openai_client import CallFailed, EndpointError
 
 from . import endpoint
-from .hashing import DUP_DISTANCE, HashIndex, distance, phash
+from .hashing import HashIndex, distance, phash
 from .prompts import category_token, compose_prompt, decompose_prompt, unregistered
 from .sources import description, grouped_images
 from .stage import Outcome, Stage, StageError
@@ -168,21 +168,3 @@ def run(args) -> int:
     result = run_stage(st, items, work_dir_for(out), settings, **kw)
     return finish_stage(st, items, result, [str(root)], out, settings, kw["shard"], rejected_inputs=rejected + dups)
 
-
-def add_parser(sub) -> None:
-    from .stage import add_run_args
-
-    p = sub.add_parser("compose-pairs", help="subject images → compose + decompose rows with entity tokens")
-    p.add_argument("subjects", type=Path, help="folder of <category>/<image> isolated subjects (+ <image>.txt)")
-    p.add_argument("--out", type=Path, required=True, help="output manifest (.jsonl); composites/ next to it")
-    p.add_argument("--num-entities", default="2-3", help="K or MIN-MAX categories per combination")
-    p.add_argument("--max-combos", type=int, default=1000, help="at most this many combinations")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--entity", action="append", default=[], metavar="CATEGORY=<token>",
-                   help="entity token of a category folder, e.g. --entity shoes=<object>")
-    p.add_argument("--dup-distance", type=int, default=DUP_DISTANCE, help="pHash bits: near-identical subjects")
-    p.add_argument("--no-reverse", action="store_true", help="only forward (compose) rows")
-    p.add_argument("--size", help="composite size for the endpoint, e.g. 1024x1024")
-    endpoint.add_endpoint_args(p, "image", "image-edit (composite; optional: a collage without it)", required=False)
-    add_run_args(p)
-    p.set_defaults(fn=run)

@@ -24,7 +24,7 @@ from loom.utils.io import atomic_write_bytes
 from loom.utils.openai_client import CallFailed, EndpointError
 
 from . import endpoint
-from .hashing import DUP_DISTANCE, distance, phash
+from .hashing import distance, phash
 from .prompts import DESTYLIZE_PROMPT, STYLE_PROMPT
 from .sources import description, grouped_images
 from .stage import Outcome, Stage, StageError
@@ -86,16 +86,3 @@ def run(args) -> int:
     result = run_stage(st, items, work_dir_for(out), settings, **kw)
     return finish_stage(st, items, result, [str(root)], out, settings, kw["shard"], rejected_inputs=rejected)
 
-
-def add_parser(sub) -> None:
-    from .stage import add_run_args
-
-    p = sub.add_parser("destylize", help="stylised references → (style, content, output) rows via an image-edit API")
-    p.add_argument("styles", type=Path, help="folder of <style>/<image> stylised references (+ <image>.txt)")
-    p.add_argument("--out", type=Path, required=True, help="output manifest (.jsonl); content/ next to it")
-    p.add_argument("--dup-distance", type=int, default=DUP_DISTANCE,
-                   help="pHash bits: a de-stylised image this close to its reference is unchanged")
-    p.add_argument("--size", help="output size for the endpoint, e.g. 1024x1024")
-    endpoint.add_endpoint_args(p, "image", "image-edit (de-stylization)", required=True)
-    add_run_args(p)
-    p.set_defaults(fn=run)

@@ -4,27 +4,11 @@ disk cache, key from the environment only). One client per stage run, shared by 
 
 from __future__ import annotations
 
-import os
-from pathlib import Path
 from typing import Any
 
 from loom.utils.openai_client import ApiClient, ApiConfig
 
 _CLIENTS: dict[str, ApiClient] = {}
-
-
-def add_endpoint_args(p, prefix: str, what: str, required: bool) -> None:
-    g = p.add_argument_group(f"{what} endpoint (any OpenAI-compatible server)")
-    g.add_argument(f"--{prefix}-base-url", help="e.g. http://127.0.0.1:8000/v1 (default: api.openai.com)")
-    g.add_argument(f"--{prefix}-model", required=required, help="pinned model name, recorded in every row")
-    g.add_argument(f"--{prefix}-api-key-env", default="OPENAI_API_KEY", help="env var that holds the key")
-    g.add_argument(f"--{prefix}-timeout", type=float, default=120.0, help="seconds per request")
-    g.add_argument(f"--{prefix}-max-attempts", type=int, default=6, help="attempts per request (429/5xx/malformed)")
-    g.add_argument(f"--{prefix}-backoff", type=float, default=1.0, help="base seconds of the exponential backoff")
-    g.add_argument(f"--{prefix}-jitter", type=float, default=1.0, help="random extra seconds added to every wait")
-    g.add_argument(f"--{prefix}-cache-dir", type=Path,
-                   default=Path(os.environ.get("LOOM_API_CACHE", Path.home() / ".cache" / "loom" / "api")),
-                   help="reply cache (reruns never pay twice); env LOOM_API_CACHE")
 
 
 def endpoint_config(args, prefix: str, **kw: Any) -> ApiConfig | None:

@@ -121,6 +121,25 @@ def key_hash(row: dict) -> str | None:
     return (h["targets"] or h["input_images"] or [None])[0]
 
 
+def held_out_ids(path: Path) -> set[str]:
+    """Ids of an evaluation id list (`evals/<bench>/test_ids.txt`) for the converters' --exclude-ids. A list that
+    has no ids yet (drawn only once the benchmark data is at hand) excludes nothing, and says so loudly."""
+    import sys
+
+    from loom.eval.fsio import EvalInputError, read_id_list
+
+    if not Path(path).is_file():
+        raise EvalInputError(f"--exclude-ids {path}: no such file")
+    try:
+        return set(read_id_list(Path(path)))
+    except EvalInputError as e:
+        if "has no ids yet" not in str(e):
+            raise
+        print(f"warning: {path} has no ids yet, so nothing is excluded; draw the evaluation ids first "
+              "(the command is in the file's header) and rerun", file=sys.stderr)
+        return set()
+
+
 def normalize_prompt(text: str) -> str:
     return " ".join(re.sub(r"[^\w<>]+", " ", text.lower()).split())
 
@@ -219,21 +238,3 @@ def run(args) -> int:
     return finish_stage(st, items, result, [str(p) for p in args.manifests], out, settings, kw["shard"],
                         post=lambda rows, funnel: dataset_pass(rows, funnel, cfg, held))
 
-
-def add_parser(sub) -> None:
-    from .stage import add_run_args
-
-    p = sub.add_parser("filter", help="quality filters + near-duplicate and held-out overlap removal, with a funnel")
-    p.add_argument("manifests", nargs="+", type=Path, help="JSONL manifests (captioned tutorials, converters' output)")
-    p.add_argument("--out", type=Path, required=True, help="filtered manifest (.jsonl); report next to it")
-    p.add_argument("--min-steps", type=int, default=3, help="tutorials need at least this many steps (paper: 3)")
-    p.add_argument("--dup-distance", type=int, default=DUP_DISTANCE, help="pHash bits (of 256): near-identical")
-    p.add_argument("--cut-distance", type=int, default=CUT_DISTANCE, help="pHash bits (of 256): a scene cut")
-    p.add_argument("--clip-threshold", type=float, default=None,
-                   help="minimum step text–image cosine (ViT-L/14: try 0.2); no CLIP filter when omitted")
-    p.add_argument("--clip-backend", default="transformers", choices=("transformers", "open_clip"))
-    p.add_argument("--clip-weights", help="CLIP folder or hub name (default openai/clip-vit-large-patch14)")
-    p.add_argument("--held-out", action="append", default=[], metavar="PATH",
-                   help="eval manifest or image folder that must not overlap the training data (repeatable)")
-    add_run_args(p)
-    p.set_defaults(fn=run)

@@ -267,21 +267,3 @@ def run(args) -> int:
     result = run_stage(st, items, work_dir_for(output), settings, **kw)
     return finish_stage(st, items, result, [str(p) for p in args.inputs], output, settings, kw["shard"])
 
-
-def add_parser(sub) -> None:
-    from .stage import add_run_args
-
-    p = sub.add_parser("frames", help="sample 4-6 distinct frames per video / image folder / blog page")
-    p.add_argument("inputs", nargs="+", help="video files, folders (scanned recursively), .html/.md pages")
-    p.add_argument("--out", type=Path, required=True, help="output folder: frames.jsonl, frames/, funnel report")
-    p.add_argument("--num-frames", default="4-6", help="MIN-MAX distinct frames per source (default 4-6)")
-    p.add_argument("--max-candidates", type=int, default=240, help="candidate frames examined per source")
-    p.add_argument("--black-level", type=float, default=16.0, help="mean luminance (0-255) at or below: black")
-    p.add_argument("--blank-std", type=float, default=4.0, help="luminance std at or below: a blank frame")
-    p.add_argument("--fade-delta", type=float, default=2.0,
-                   help="mean-luminance change against both neighbouring frames at or above: a fade")
-    p.add_argument("--dup-distance", type=int, default=DUP_DISTANCE,
-                   help="pHash bits (of 256) at or below: a near-duplicate")
-    p.add_argument("--max-side", type=int, default=1024, help="long side of the written frames (px)")
-    add_run_args(p)
-    p.set_defaults(fn=run)

@@ -316,15 +316,6 @@ def need(module: str) -> Any:
         raise StageError(f"dataset construction needs {pkg}: pip install 'loom[data]'") from None
 
 
-def add_run_args(p) -> None:
-    g = p.add_argument_group("running")
-    g.add_argument("--workers", type=int, default=1, help="parallel worker processes (threads for endpoint calls)")
-    g.add_argument("--shard", default="0/1", help="K/N: this run takes items K, K+N, K+2N, … (0-based)")
-    g.add_argument("--restart", action="store_true", help="discard the journal of an earlier run and start over")
-    g.add_argument("--max-errors", type=int, default=20, help="stop past this many unexpected per-item errors")
-    g.add_argument("--no-progress", action="store_true", help="no progress bar")
-
-
 def run_kwargs(args) -> dict[str, Any]:
     k, sep, n = str(args.shard).partition("/")
     if not sep or not k.isdigit() or not n.isdigit():
