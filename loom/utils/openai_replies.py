@@ -106,7 +106,10 @@ def image_reply(resp: Any, timeout_s: float = 60.0) -> bytes:
     elif getattr(first, "url", None):
         import httpx  # the openai package's own HTTP library
 
-        raw = httpx.get(first.url, timeout=timeout_s).raise_for_status().content
+        try:
+            raw = httpx.get(first.url, timeout=timeout_s).raise_for_status().content
+        except httpx.HTTPError as e:  # the image URL is part of the reply: a failed fetch is retried like one
+            raise MalformedReply(f"image reply url could not be fetched: {e}") from None
     else:
         raise MalformedReply("image reply has neither b64_json nor url")
     try:

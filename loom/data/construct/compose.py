@@ -155,6 +155,9 @@ def run(args) -> int:
         subjects = [{"path": str(p.resolve()), "category": p.parent.name, "token": tokens[p.parent.name],
                      "description": description(p)} for p in combo]
         items.append((key, {"key": key, "out_base": str(out_base), "subjects": subjects}))
+    if not items:
+        raise StageError(f"{root}: no combinations — {len(groups)} usable categories ({', '.join(groups) or 'none'}) "
+                         f"but --num-entities {args.num_entities}; add category folders or lower --num-entities")
     cfg = {"endpoint": api.model if api else None, "size": args.size, "reverse": not args.no_reverse,
            "dup_distance": args.dup_distance}
     settings = {**cfg, "tokens": tokens, "num_entities": args.num_entities, "max_combos": args.max_combos,

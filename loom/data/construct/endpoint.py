@@ -32,7 +32,7 @@ def client(name: str) -> ApiClient:
 
 
 def settings(cfg: ApiConfig | None) -> dict[str, Any] | None:
-    """What of an endpoint config decides the output (recorded in the stage settings)."""
+    """What of an endpoint config decides the output (recorded in the stage settings; the host does not)."""
     if cfg is None:
         return None
-    return {"model": cfg.model, "base_url": cfg.base_url, "temperature": cfg.temperature}
+    return {"model": cfg.model, "temperature": cfg.temperature}

@@ -258,7 +258,7 @@ def run(args) -> int:
                       args.fade_delta, args.dup_distance, args.max_side)
     if not 1 <= cfg.min_frames <= cfg.max_frames:
         raise ValueError(f"--num-frames {args.num_frames}: expected MIN-MAX with 1 <= MIN <= MAX, e.g. 4-6")
-    sources = discover([Path(p) for p in args.inputs])
+    sources = discover([Path(p) for p in args.inputs], exclude=Path(args.out))
     items = [(source_id(s.path), s) for s in sources]
     output = Path(args.out) / "frames.jsonl"
     settings = asdict(cfg)

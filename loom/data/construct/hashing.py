@@ -4,7 +4,8 @@ Why 256 bits: on 64 px shapes-world frames, consecutive tutorial states differ b
 the default 8×8 hash, the same as lossy-video noise (2); at 16×16 they differ by 10–98 of 256 bits while the
 noise between copies of one held frame stays ≤ 2 (measured with libx264, yuv420p). Unrelated images differ by
 about 128 bits (118–136 measured for noise vs shapes), so a scene cut is a distance near half the bits. The hash
-is greyscale and low-frequency: pictures with the same layout are close whatever their colours.
+is greyscale and low-frequency: pictures with the same layout are close whatever their colours (two garments of
+one cut in different colours count as near-identical; `--dup-distance -1` turns the near-duplicate checks off).
 """
 
 from __future__ import annotations

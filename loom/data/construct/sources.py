@@ -35,7 +35,8 @@ def natural_key(p: Path) -> list:
     return [int(t) if t.isdigit() else t.lower() for t in re.split(r"(\d+)", p.name)]
 
 
-def discover(paths: list[Path]) -> list[Source]:
+def discover(paths: list[Path], exclude: Path | None = None) -> list[Source]:
+    """Sources under `paths`, never inside `exclude` (the stage's own output folder)."""
     out: list[Source] = []
     for p in paths:
         if not p.exists():
@@ -44,6 +45,9 @@ def discover(paths: list[Path]) -> list[Source]:
             out.append(_file_source(p))
         else:
             out += _walk(p)
+    if exclude is not None:
+        skip = exclude.resolve()
+        out = [s for s in out if not Path(s.path).resolve().is_relative_to(skip)]
     return out
 
 

@@ -6,7 +6,7 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from conftest import KEY_ENV, caption_json, endpoint_args, is_reask, request_images
+from construct_helpers import KEY_ENV, caption_json, endpoint_args, is_reask, request_images
 from PIL import Image
 
 from loom.data.__main__ import main as data_main

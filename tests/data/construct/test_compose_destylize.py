@@ -7,7 +7,7 @@ import io
 import json
 from pathlib import Path
 
-from conftest import endpoint_args
+from construct_helpers import endpoint_args
 from PIL import Image
 
 from loom.data.__main__ import main as data_main
@@ -125,3 +125,15 @@ def test_destylize_triplets(tmp_path, fake_server):
     assert r0["targets"] == ["styles/ink/i0.png"]
     assert "realistic, natural photograph" in srv.requests[0]["prompt"]
     assert not validate_manifest(out).errors
+
+
+def test_compose_pairs_needs_enough_categories(tmp_path, capsys):
+    subj = tmp_path / "data" / "subjects"
+    _subject(subj / "models" / "m1.png", (200, 30, 30))
+    _subject(subj / "shoes" / "s1.png", (30, 200, 30), box=(0, 20, 32, 30))  # another silhouette (pHash is grey)
+    out = str(tmp_path / "data" / "c.jsonl")
+    assert data_main(["compose-pairs", str(subj), "--out", out]) == 2
+    assert "--entity shoes=<token>" in capsys.readouterr().err  # an unknown category names the fix
+    assert data_main(["compose-pairs", str(subj), "--out", out, "--entity", "shoes=<object>", "--num-entities",
+                      "3"]) == 2
+    assert "no combinations — 2 usable categories" in capsys.readouterr().err

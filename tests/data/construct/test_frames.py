@@ -134,3 +134,11 @@ def test_bad_inputs_are_named_in_the_report(tmp_path, capsys):
     assert "| not_found | 1 | 2 |" in md and "| unreadable | 1 | 1 |" in md and "| empty | 1 | 0 |" in md
     assert data_main(["frames", str(v), "--out", str(tmp_path / "o2"), "--num-frames", "6-4"]) == 2
     assert "--num-frames 6-4" in capsys.readouterr().err
+
+
+def test_the_output_folder_is_never_an_input(tmp_path):
+    _videos(tmp_path, 1)
+    assert data_main(["frames", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    assert data_main(["frames", str(tmp_path), "--out", str(tmp_path / "out"), "--no-progress"]) == 0
+    rep = json.loads((tmp_path / "out" / "frames.jsonl.funnel.json").read_text())
+    assert rep["num_in"] == 1 and rep["num_out"] == 1  # out/frames/<id>/ is not scanned as an image folder

@@ -10,7 +10,7 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from conftest import KEY_ENV, caption_json, endpoint_args, is_reask, request_images
+from construct_helpers import KEY_ENV, caption_json, endpoint_args, is_reask, request_images
 from PIL import Image
 from videos import (
     black,
