@@ -17,6 +17,7 @@ fade test (their neighbours are different photos, not consecutive video frames).
 from __future__ import annotations
 
 import functools
+import io
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -148,8 +149,6 @@ def _save(image: Image.Image, cfg: FrameConfig, rel: str) -> str:
     image = ImageOps.exif_transpose(image).convert("RGB")
     if max(image.size) > cfg.max_side:
         image.thumbnail((cfg.max_side, cfg.max_side), Image.BICUBIC)
-    import io
-
     buf = io.BytesIO()
     image.save(buf, format="PNG")
     atomic_write_bytes(Path(cfg.out) / rel, buf.getvalue())

@@ -122,9 +122,9 @@ def run_stage(stage: Stage, items: list[tuple[str, Any]], work: Path, settings: 
     if not 0 <= k < n:
         raise StageError(f"--shard {k}/{n}: expected K/N with 0 <= K < N")
     keys = [key for key, _ in items]
-    if len(set(keys)) != len(keys):
-        dup = next(x for x in keys if keys.count(x) > 1)
-        raise StageError(f"two inputs map to the same item id {dup!r}; rename one of them")
+    dups = [key for key, c in Counter(keys).items() if c > 1]
+    if dups:
+        raise StageError(f"two inputs map to the same item id {dups[0]!r}; rename one of them")
     work.mkdir(parents=True, exist_ok=True)
     _check_settings(work, settings, restart)
     outcomes: dict[str, Outcome] = {}
