@@ -26,7 +26,7 @@ from loom.utils.openai_client import ApiConfig, EndpointError
 
 from ..records import tutorial_steps
 from . import endpoint
-from .stage import Outcome, Stage, StageError, file_digest
+from .stage import Outcome, Stage, file_digest
 
 STEPS = ("no_frames", "unreadable_image", "no_plan", "vlm_refused", "vlm_reply_not_json", "vlm_wrong_step_count",
          "vlm_reply_invalid")
@@ -143,21 +143,19 @@ def process_row(cfg: dict[str, Any], item: dict[str, Any]) -> Outcome:
 
 def run(args) -> int:
     from ..manifest import Manifest
-    from .stage import finish_stage, run_kwargs, run_stage, work_dir_for
+    from .stage import finish_stage, out_base, run_kwargs, run_stage, work_dir_for
 
     api = endpoint.endpoint_config(args, "vlm", temperature=args.temperature, max_tokens=args.max_tokens,
                                    json_mode=not args.no_json_mode)
     assert isinstance(api, ApiConfig)
     man = Manifest(args.manifest, "jsonl")
     base, out = man.base.resolve(), Path(args.out)
-    if not base.is_relative_to(out.parent.resolve()):
-        raise StageError(f"--out {out}: write the manifest in {base} or a folder above it, so its frame paths stay "
-                         "inside the manifest's folder")
+    out_dir = out_base(out, Path(args.manifest))
     items = []
     for i in range(len(man)):
         row = man.row(i)
         key = str(row.get("id") or f"row{i}")
-        items.append((key, {"row": row, "base": str(base), "out_base": str(out.parent.resolve())}))
+        items.append((key, {"row": row, "base": str(base), "out_base": str(out_dir)}))
     cfg = {"model": api.model, "recaption": args.recaption, "max_side": args.max_side}
     settings = {**cfg, "endpoint": endpoint.settings(api), "max_tokens": args.max_tokens,
                 "input_sha256": file_digest(Path(args.manifest))}  # edited input → --restart, never stale rows

@@ -132,13 +132,10 @@ def combinations(groups: dict[str, list[Path]], sizes: range, max_combos: int, s
 
 
 def run(args) -> int:
-    from .stage import finish_stage, run_kwargs, run_stage, work_dir_for
+    from .stage import finish_stage, out_base, run_kwargs, run_stage, work_dir_for
 
     root, out = Path(args.subjects), Path(args.out)
-    out_base = out.parent.resolve()
-    if not root.resolve().is_relative_to(out_base):
-        raise StageError(f"--out {out}: write the manifest in {root.parent} or a folder above it, so the subject "
-                         "images stay inside the manifest's folder")
+    base = out_base(out, root)
     lo, _, hi = str(args.num_entities).partition("-")
     sizes = range(int(lo), int(hi or lo) + 1)
     overrides = dict(kv.split("=", 1) for kv in args.entity)
@@ -154,7 +151,7 @@ def run(args) -> int:
         key = hashlib.sha1("|".join(sorted(str(p.resolve()) for p in combo)).encode()).hexdigest()[:12]
         subjects = [{"path": str(p.resolve()), "category": p.parent.name, "token": tokens[p.parent.name],
                      "description": description(p)} for p in combo]
-        items.append((key, {"key": key, "out_base": str(out_base), "subjects": subjects}))
+        items.append((key, {"key": key, "out_base": str(base), "subjects": subjects}))
     if not items:
         raise StageError(f"{root}: no combinations — {len(groups)} usable categories ({', '.join(groups) or 'none'}) "
                          f"but --num-entities {args.num_entities}; add category folders or lower --num-entities")

@@ -27,7 +27,7 @@ from . import endpoint
 from .hashing import distance, phash
 from .prompts import DESTYLIZE_PROMPT, STYLE_PROMPT
 from .sources import description, grouped_images
-from .stage import Outcome, Stage, StageError
+from .stage import Outcome, Stage
 
 STEPS = ("single_image_style", "image_refused", "destylize_unchanged")
 
@@ -61,13 +61,10 @@ def process_image(cfg: dict[str, Any], item: dict[str, Any]) -> Outcome:
 
 
 def run(args) -> int:
-    from .stage import finish_stage, run_kwargs, run_stage, work_dir_for
+    from .stage import finish_stage, out_base, run_kwargs, run_stage, work_dir_for
 
     root, out = Path(args.styles), Path(args.out)
-    out_base = out.parent.resolve()
-    if not root.resolve().is_relative_to(out_base):
-        raise StageError(f"--out {out}: write the manifest in {root.parent} or a folder above it, so the reference "
-                         "images stay inside the manifest's folder")
+    base = out_base(out, root)
     api = endpoint.endpoint_config(args, "image", json_mode=False)
     groups, rejected = grouped_images(root)
     items = []
@@ -75,7 +72,7 @@ def run(args) -> int:
         for k, p in enumerate(paths):
             ref = str(paths[(k + 1) % len(paths)].resolve()) if len(paths) > 1 else None
             items.append((f"{style}/{p.name}", {"style": style, "path": str(p.resolve()), "reference": ref,
-                                                "out_base": str(out_base), "description": description(p)}))
+                                                "out_base": str(base), "description": description(p)}))
     cfg = {"model": api.model, "size": args.size, "dup_distance": args.dup_distance}
     settings = {**cfg, "endpoint": endpoint.settings(api)}
     init = functools.partial(endpoint.open_client, "image", api)

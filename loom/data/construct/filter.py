@@ -213,21 +213,18 @@ def dataset_pass(rows: list[dict], funnel: Funnel, cfg: FilterConfig, held: tupl
 
 def run(args) -> int:
     from ..manifest import Manifest
-    from .stage import finish_stage, run_kwargs, run_stage, work_dir_for
+    from .stage import finish_stage, out_base, run_kwargs, run_stage, work_dir_for
 
     cfg = FilterConfig(args.min_steps, args.dup_distance, args.cut_distance, args.clip_threshold,
                        args.clip_backend, args.clip_weights)
     out = Path(args.out)
-    out_base = out.parent.resolve()
+    base = out_base(out, *[Path(p) for p in args.manifests])
     items = []
     for path in args.manifests:
         man = Manifest(path, "jsonl")
-        if not man.base.resolve().is_relative_to(out_base):
-            raise StageError(f"--out {out}: write the manifest in {man.base} or a folder above it, so the image "
-                             f"paths of {path} stay inside the manifest's folder")
         for i in range(len(man)):
             key = f"{path}:{i}:{man.row(i).get('id', '?')}"  # the validator's manifest:row:id
-            items.append((key, {"row": man.row(i), "base": str(man.base.resolve()), "out_base": str(out_base),
+            items.append((key, {"row": man.row(i), "base": str(man.base.resolve()), "out_base": str(base),
                                 "key": key}))
     held = held_out_index([Path(p) for p in args.held_out])
     settings = {**asdict(cfg), "held_out": [str(p) for p in args.held_out],

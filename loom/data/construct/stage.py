@@ -83,6 +83,17 @@ def file_digest(path: Path) -> str:
     return h.hexdigest()
 
 
+def out_base(output: Path, *inputs: Path) -> Path:
+    """The output manifest's folder, refusing outputs from which an input's images would escape it (loom resolves
+    image paths inside the manifest's folder, `loom data validate`)."""
+    base = output.parent.resolve()
+    for p in inputs:
+        if not p.resolve().is_relative_to(base):
+            raise StageError(f"--out {output}: write the manifest in {p.parent} or a folder above it, so the image "
+                             f"paths from {p} stay inside the manifest's folder")
+    return base
+
+
 def work_dir_for(output: Path) -> Path:
     return output / ".work" if output.suffix == "" else output.with_name(output.name + ".work")
 
