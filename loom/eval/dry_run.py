@@ -21,7 +21,7 @@ from loom.eval import benchmarks as B
 from loom.eval import omnicontext as O
 from loom.eval import tables as T
 from loom.eval.clip_score import TransformersClip, write_clip_scores
-from loom.eval.fakes import FAKE_JUDGE_MODEL, FakeJudgeServer, build_tiny_clip, fake_tutorial_generator
+from loom.eval.fakes import FAKE_JUDGE_MODEL, FakeOpenAIServer, build_tiny_clip, fake_tutorial_generator
 from loom.eval.harness import ExternalPlanGenerator, load_plans, run_generation
 from loom.eval.human import load_human_csv
 from loom.eval.judge import JudgeClient, JudgeConfig
@@ -106,7 +106,7 @@ def dry_run(out: Path) -> list[Path]:
     data = make_toy_data(out / "data")
     os.environ.setdefault("LOOM_DRY_RUN_KEY", "dry-run")
     written: list[Path] = []
-    with FakeJudgeServer() as srv:
+    with FakeOpenAIServer() as srv:
 
         def client(official: bool = False) -> JudgeClient:
             """The fake judge under its own name, with the request settings of the real one it stands in for
