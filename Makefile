@@ -23,7 +23,7 @@ $(BIN)/python:
 	$(call new_venv,$(VENV))
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e ".[dev,video]"
+	$(BIN)/pip install -q -e ".[dev,data,video]"
 	touch $@
 
 $(APP_BIN)/python:
