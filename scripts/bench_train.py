@@ -6,8 +6,14 @@ when launched on several GPUs, activation checkpointing on.
 
     python scripts/bench_train.py [--steps 10] [--warmup 3] [--out bench_train.json]
     torchrun --nproc_per_node 8 scripts/bench_train.py --layers 4      # multi-GPU, FSDP2
+    python scripts/bench_train.py --demo [--steps 40 --reps 3]         # shapes demo recipe, A/B interleaved
 
 Writes one JSON object per configuration (a list) to --out and prints a table.
+
+`--demo`: steps/s and tokens/s of the shapes-demo step (configs/train/shapes_demo.yaml on a small world written
+to a temp folder) for each variant in DEMO_VARIANTS, measured interleaved in one process — every variant runs
+the same packs, one step each in turn, `--reps` rounds — so a busy machine slows all of them alike and the ratios
+stay meaningful. Writes evals/perf/train_demo_cpu.json.
 """
 
 from __future__ import annotations
@@ -92,6 +98,53 @@ def run_one(name: str, overrides: list[str], steps: int, warmup: int) -> dict:
         return res
 
 
+# "before" = the demo recipe as it first ran on the trainer (the trainer's defaults: activation checkpointing on,
+# data built in the training process); "after" = the committed recipe
+DEMO_VARIANTS: dict[str, list[str]] = {
+    "before: trainer defaults (activation checkpointing)": ["parallel.activation_checkpointing=true"],
+    "after: shapes_demo.yaml": [],
+}
+
+
+def run_demo_ab(steps: int, reps: int, threads: int) -> list[dict]:
+    import statistics
+
+    from loom.world.demo import DemoConfig, prepare
+
+    torch.set_num_threads(threads)
+    with tempfile.TemporaryDirectory() as tmp:
+        root = Path(tmp)
+        cfg = DemoConfig(n_train={"tutorial": 300, "image_tutorial": 60, "compose": 60, "style": 30},
+                         n_test={"tutorial": 1})
+        trainers = {}
+        for i, (name, ov) in enumerate(DEMO_VARIANTS.items()):
+            cfg.overrides = [*ov, "checkpoint.every=0", "checkpoint.export_at_end=false", "log.progress=false",
+                             f"log.every={10**9}", "run.total_steps=1000000"]
+            _, tcfg, _ = prepare(cfg, root / f"v{i}", data_root=root / "world", log=lambda _: None)
+            trainers[name] = _BenchTrainer(tcfg)
+        first = next(iter(trainers.values()))
+        packs = [[next(first.loader) for _ in range(first.grad_accum)] for _ in range(steps + 3)]
+        for tr in trainers.values():  # warm-up on the first packs
+            for micro in packs[:3]:
+                tr.train_step(micro)
+        times: dict[str, list[float]] = {n: [] for n in trainers}
+        tokens = sum(mb.packed.sequence_length for micro in packs[3:] for mb in micro)
+        for _ in range(reps):
+            for micro in packs[3:]:
+                for name, tr in trainers.items():
+                    t0 = time.perf_counter()
+                    tr.train_step(micro)
+                    times[name].append(time.perf_counter() - t0)
+    base = statistics.median(next(iter(times.values())))
+    out = []
+    for name, ts in times.items():
+        med = statistics.median(ts)
+        out.append({"name": name, "device": "cpu", "threads": threads, "steps_timed": len(ts),
+                    "step_time_s_median": med, "steps_per_s": 1.0 / med, "tokens_per_s": tokens / steps / med,
+                    "speedup_vs_first": base / med, "overrides": DEMO_VARIANTS[name]})
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--steps", type=int, default=10)
@@ -99,7 +152,21 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--layers", type=int, default=2, help="decoder/ViT layers of the BAGEL-width GPU model")
     ap.add_argument("--out", type=Path, default=Path("evals/perf/train_cpu.json"))
     ap.add_argument("--cpu-only", action="store_true")
+    ap.add_argument("--demo", action="store_true", help="shapes-demo recipe variants, A/B interleaved (CPU)")
+    ap.add_argument("--reps", type=int, default=3, help="--demo: rounds over the same packs")
+    ap.add_argument("--threads", type=int, default=2, help="--demo: torch threads")
     a = ap.parse_args(argv)
+    if a.demo:
+        res = run_demo_ab(a.steps, a.reps, a.threads)
+        out = a.out if a.out != Path("evals/perf/train_cpu.json") else Path("evals/perf/train_demo_cpu.json")
+        print(f"{'variant':<55} {'s/step':>8} {'steps/s':>8} {'tok/s':>8} {'speedup':>8}")
+        for r in res:
+            print(f"{r['name']:<55} {r['step_time_s_median']:>8.3f} {r['steps_per_s']:>8.2f} {r['tokens_per_s']:>8.0f} "
+                  f"{r['speedup_vs_first']:>8.2f}")
+        tmp = out.with_name(out.name + ".tmp")
+        tmp.write_text(json.dumps(res, indent=1))
+        tmp.replace(out)
+        return 0
     results = []
     for name, ov in configurations(a.layers):
         if a.cpu_only and "cuda" in name:
