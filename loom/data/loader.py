@@ -44,6 +44,9 @@ class SourceConfig:
     image_size: int = 32  # synthetic only: VAE image side in pixels
     root: str = ""  # data root image paths must stay inside (default: the manifest's folder)
     allow_absolute_paths: bool = False  # accept absolute image paths (outside any root)
+    # BuildConfig overrides for this source only, merged over data.build (e.g. the same tutorial manifest once as
+    # frame instances and once as plan-only instances: {frames_per_visit: 0})
+    build: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -59,11 +62,19 @@ class DataConfig:
     text_cond_dropout: float = 0.1  # BAGEL ModelArguments defaults (bagel-spec §4.2)
     vit_cond_dropout: float = 0.3
     vae_cond_dropout: float = 0.3
+    # per sample, drop ALL CFG-eligible texts / ALL eligible images together (exclusive): the exact contexts of
+    # the inference CFG branches (loom.data.packing); 0 = per-item dropout only (BAGEL)
+    whole_text_cond_dropout: float = 0.0
+    whole_image_cond_dropout: float = 0.0
     # overrides of loom.data.builders.BuildConfig (resolution rules, K_max, N_max, ablations); its own dropout
     # fields are unused by the trainer: the *_cond_dropout values above apply
     build: dict[str, Any] = field(default_factory=dict)
     max_bad_samples: int = 100  # stop when more corrupt samples than this were skipped (all ranks)
     max_too_long_samples: int = 100  # stop when more too-long samples than this were skipped (all ranks)
+
+    def cond_dropout(self) -> CondDropout:
+        return CondDropout(self.text_cond_dropout, self.vit_cond_dropout, self.vae_cond_dropout,
+                           self.whole_text_cond_dropout, self.whole_image_cond_dropout)
 
 
 class DataError(RuntimeError):
@@ -159,8 +170,8 @@ def build_sources(cfg: DataConfig, tokenizer, tokens: SpecialTokens, geometry: P
         else:
             from .manifest import ManifestSource
 
-            out[name] = ManifestSource(sc.path, sc.format, sc.split, tokenizer, tokens, cfg.build, geometry,
-                                       model_slots, sc.root, sc.allow_absolute_paths)
+            out[name] = ManifestSource(sc.path, sc.format, sc.split, tokenizer, tokens, {**cfg.build, **sc.build},
+                                       geometry, model_slots, sc.root, sc.allow_absolute_paths)
     if not out:
         raise DataError("data.sources is empty: add at least one source (see data/README.md)")
     return out
@@ -286,7 +297,7 @@ class PackedStream:
                                 state["stream"] if state else None)
         self.num_bad = state["num_bad"] if state else 0
         self.num_too_long = state["num_too_long"] if state else 0
-        self.dropout = CondDropout(cfg.text_cond_dropout, cfg.vit_cond_dropout, cfg.vae_cond_dropout)
+        self.dropout = cfg.cond_dropout()
         self._pending: tuple[SequencePlan, int, int] | None = None
         self._pending_state: dict | None = None
 
@@ -345,7 +356,7 @@ def filler_batch(tokens: SpecialTokens, geometry: PackGeometry, ensure_vit: bool
     """A micro-batch without loss tokens (an empty text item, + the ViT pseudo-sample under FSDP): it pads a rank
     whose step needs fewer micro-batches than another's, so all ranks run the same forwards (FSDP collectives)."""
     plan = SequencePlan([PlanItem("text", text_ids=[], name="fsdp-filler")], "fsdp-filler")
-    packed = pack_plans([plan], [0], tokens, geometry, CondDropout(0.0, 0.0, 0.0), ensure_vit)
+    packed = pack_plans([plan], [0], tokens, geometry, CondDropout(), ensure_vit)
     return TrainBatch(packed, [0], 0, [])
 
 
@@ -361,6 +372,8 @@ def pack_plans(plans: list[SequencePlan], keys: list[int], tokens: SpecialTokens
     for plan, key in zip(plans, keys):
         rng = random.Random(key)
         gen = torch.Generator().manual_seed(key)
+        if dropout.whole:  # its own stream: switching whole-condition dropout on leaves the per-item draws as they were
+            draws.append(random.Random(stable_seed(key, "whole-condition")).random())
         items = []
         for it in plan.items:
             if it.enable_cfg and probs[it.type] > 0:
