@@ -4,7 +4,8 @@ One process: the live model, EMA weights swapped in when asked (restored exactly
 live model is sharded and the inference engine calls its sub-modules directly (no FSDP hooks on those calls), so
 rank 0 builds a plain `Loom` from the gathered full weights — the same gather an export does, LoRA adapters
 merged — and the other ranks wait. The copy takes the gathered tensors by reference (meta-device construction,
-`assign=True`): one full copy of the weights on rank 0 while it exists, in the master dtype.
+`assign=True`): one full copy of the weights on rank 0 while it exists (bf16 on GPU under bf16 mixed precision,
+the master dtype otherwise).
 """
 
 from __future__ import annotations
@@ -37,7 +38,9 @@ def sampling_model(trainer, use_ema: bool) -> Iterator[nn.Module | None]:
             with torch.device("meta"):
                 copy = Loom(trainer.model_cfg)
             copy.load_state_dict(sd, strict=True, assign=True)
-            copy = copy.to(trainer.info.device).eval()
+            # on GPU in the compute dtype (bf16: half of an fp32 master copy next to the training shards)
+            bf16 = trainer.info.device.type == "cuda" and trainer.cfg.parallel.mixed_precision == "bf16"
+            copy = copy.to(trainer.info.device, torch.bfloat16 if bf16 else None).eval()
             copy.attn_backend = live.attn_backend
         del sd
         try:

@@ -32,7 +32,8 @@ def _manifest(folder: Path) -> Path:
 def _cli(tmp_path: Path, run: Path, src: tuple[str, ...], fault: str = "") -> subprocess.CompletedProcess:
     y = tmp_path / "base.yaml"
     y.write_text("run: {total_steps: 1}\n")
-    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOOM_FAULT": fault}
+    # the same intra-op thread count as the in-process straight run (two_threads): bit-exact comparisons
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "LOOM_FAULT": fault, "OMP_NUM_THREADS": "2"}
     return subprocess.run([sys.executable, "-m", "loom.train", str(y), *tiny_overrides(run, *COMMON, sources=src)],
                           cwd=ROOT, env=env, capture_output=True, text=True, timeout=600)
 
@@ -41,7 +42,7 @@ def _lines(path: Path) -> list[dict]:
     return [json.loads(x) for x in path.read_text().splitlines() if x.strip()]
 
 
-def test_sigkill_at_every_save_stage_and_logs_once(tmp_path):
+def test_sigkill_at_every_save_stage_and_logs_once(tmp_path, two_threads):
     src = manifest_sources(_manifest(tmp_path / "data"))
     straight = tmp_path / "straight"
     Trainer(make_cfg(straight, *COMMON, sources=src)).run()
