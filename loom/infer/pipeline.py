@@ -16,6 +16,7 @@ import dataclasses
 import re
 import time
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -197,6 +198,8 @@ class Pipeline:
     `trained`: the settings the model's export recorded (`Loaded.layout`) — a request that differs is honoured
     with a `LayoutOverrideWarning` (and a result note) naming the trained and the requested value."""
 
+    _hooks: tuple = (None, None)  # (on_plan, on_frame) of the running `run` call
+
     def __init__(self, engine: Engine, build: BuildConfig | None = None, model_info: dict | None = None,
                  trained: dict | None = None) -> None:
         from .load import default_transforms
@@ -273,9 +276,11 @@ class Pipeline:
     # ---- entry point --------------------------------------------------------------------------------------------
     def run(self, task: str, prompt: str, images: list[Image.Image] | None = None,
             settings: GenerationSettings | None = None, planner=None, progress: bool = False,
-            input_paths: list[str] | None = None) -> GenerationResult:
+            input_paths: list[str] | None = None, on_plan: Callable[[PlanResult], None] | None = None,
+            on_frame: Callable[[Frame], None] | None = None) -> GenerationResult:
         """Generate one item. `planner` (tutorial only): None = the model plans (default), or an
-        `ExternalPlanner` / `FixedPlanner`."""
+        `ExternalPlanner` / `FixedPlanner`. `on_plan(plan)` / `on_frame(frame)` are called as soon as the plan /
+        each frame exists (streaming front ends: `loom serve`)."""
         images = list(images or [])
         check_inputs(task, prompt, images, self.build.max_references)
         s = (settings or GenerationSettings()).resolved(task)
@@ -294,10 +299,13 @@ class Pipeline:
         self._check_trained(res, "vit_transform", s.vit_transform, "--vit-transform")
         if task == "tutorial":
             self._check_trained(res, "k_max", s.k_max, "--k-max")
+        self._hooks = (on_plan, on_frame)
         try:
             getattr(self, f"_run_{task}")(res, planner, progress)
         except SampleError as e:  # layout problems found by the builders (e.g. <image k> beyond the inputs)
             raise InputError(str(e)) from None
+        finally:
+            self._hooks = (None, None)
         res.timings["total_seconds"] = time.perf_counter() - t0
         res.timings["num_forwards"] = self.engine.num_forwards - n0
         return res
@@ -421,11 +429,13 @@ class Pipeline:
                            s.strict_plan)
             item = plan_item(bctx, plan.steps)
         res.plan = plan
+        if self._hooks[0] is not None:
+            self._hooks[0](plan)
         res.timings["plan_seconds"] = plan.seconds
         out = render_tutorial(eng, contexts, bctx, images, mem, prefix, item, plan.steps, h, w, s.sampler(), s.seed,
                               k_max, s.feedback, self._progress(progress, s.num_timesteps, "frame"),
                               entity_for=self._entity_for(s, contexts, res.prompt + " " + plan.text, h, w,
-                                                          plan.steps))
+                                                          plan.steps), on_frame_end=self._hooks[1])
         res.frames, res.stats = out.frames, out.stats
 
     def _multi(self, res: GenerationResult, num_outputs: int, progress: bool) -> None:
@@ -443,7 +453,8 @@ class Pipeline:
         out = render_outputs(eng, contexts, bctx, images, mem, prefix, num_outputs, h, w, s.sampler(), s.seed,
                              s.feedback, self.build.use_vit_for_references,
                              self._progress(progress, s.num_timesteps, "output"),
-                             entity_for=self._entity_for(s, contexts, res.prompt, h, w, self._decompose_parts(res)))
+                             entity_for=self._entity_for(s, contexts, res.prompt, h, w, self._decompose_parts(res)),
+                             on_frame_end=self._hooks[1])
         res.frames, res.stats = out.frames, out.stats
 
     def _decompose_parts(self, res: GenerationResult) -> list[str] | None:
@@ -483,6 +494,8 @@ class Pipeline:
                                    cb(1, 1, []) if cb else None, None)
         stats.frame_seconds.append(time.perf_counter() - t0)
         res.frames = [Frame(1, "", pil, tokens, [], seed, stats.frame_seconds[0], contexts.build(items).kv_len)]
+        if self._hooks[1] is not None:
+            self._hooks[1](res.frames[0])
         res.stats = stats
 
     def _run_t2i(self, res, planner, progress):
