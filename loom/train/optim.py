@@ -30,6 +30,7 @@ the "w/o Time Embedding" ablation. Exports merge the adapters with peft's `merge
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass, field
 
 import torch
@@ -64,9 +65,7 @@ class OptimConfig:
     betas: list[float] = field(default_factory=lambda: [0.9, 0.95])  # BAGEL
     eps: float = 1e-15  # BAGEL
     weight_decay: float = 0.0
-    # constant | cosine (to min_lr), both with linear warm-up — transformers' schedules, as BAGEL (bagel-spec
-    # §6.2); any other `transformers.get_scheduler` name (linear, …) is passed through
-    schedule: str = "constant"
+    schedule: str = "constant"  # constant | cosine (both with linear warm-up)
     warmup_steps: int = 0
     min_lr: float = 1e-7  # cosine floor
     max_grad_norm: float = 1.0  # 0 disables clipping
@@ -254,21 +253,28 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, no_decay: set[str] | fro
     return opt
 
 
-SCHEDULES = {"constant": "constant_with_warmup", "cosine": "cosine_with_min_lr"}  # loom name → transformers
+def lr_lambda(cfg: OptimConfig, total_steps: int):
+    """Multiplier of the base LR at optimizer step s (0-based); stepped once per optimizer step.
+
+    Hand-written, not `transformers.get_scheduler`: transformers' (BAGEL's) warm-up is s / W (its first step runs
+    at lr 0) where this one is (s + 1) / W, so they differ during a warm-up and existing runs (the shapes demo
+    warms up 60 steps) would change; without a warm-up — every paper recipe — both give the same LRs
+    (tests/train/test_optim.py)."""
+
+    def f(s: int) -> float:
+        if cfg.warmup_steps > 0 and s < cfg.warmup_steps:
+            return (s + 1) / cfg.warmup_steps
+        if cfg.schedule == "constant":
+            return 1.0
+        if cfg.schedule == "cosine":
+            prog = min(1.0, (s - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+            floor = cfg.min_lr / cfg.lr
+            return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog))
+        raise ValueError(f"unknown optim.schedule {cfg.schedule!r} (constant / cosine)")
+
+    return f
 
 
 def build_scheduler(opt: torch.optim.Optimizer, cfg: OptimConfig, total_steps: int):
-    """BAGEL's schedules (bagel-spec §6.2), from `transformers.get_scheduler`, stepped once per optimizer step:
-    warm-up multiplier s / warmup_steps at step s (the first step of a warm-up runs at lr 0), then constant or
-    cosine from lr to min_lr over the remaining steps."""
-    from transformers import SchedulerType, get_scheduler
-
-    name = SCHEDULES.get(cfg.schedule, cfg.schedule)
-    try:
-        kind = SchedulerType(name)
-    except ValueError:
-        known = sorted({*SCHEDULES, *(t.value for t in SchedulerType)} - set(SCHEDULES.values()))
-        raise ValueError(f"unknown optim.schedule {cfg.schedule!r}; known: {', '.join(known)}") from None
-    extra = {"min_lr": cfg.min_lr} if kind is SchedulerType.COSINE_WITH_MIN_LR else None
-    return get_scheduler(kind, opt, num_warmup_steps=cfg.warmup_steps, num_training_steps=total_steps,
-                         scheduler_specific_kwargs=extra)
+    lr_lambda(cfg, total_steps)(0)  # validate the name early
+    return torch.optim.lr_scheduler.LambdaLR(opt, lr_lambda(cfg, total_steps))

@@ -1,8 +1,7 @@
 """What trains and how it steps: LoRA keeps Loom's temporal table and entity rows training (and says so), the
-LoRA merge is peft's, the LR schedules are transformers' (BAGEL's), and `optim.global_batch_size` is the exact
-number of samples per step even when the token budget binds."""
+LoRA merge is peft's, the LR schedule against transformers' (equal without warm-up), and
+`optim.global_batch_size` is the exact number of samples per step even when the token budget binds."""
 
-import math
 
 import pytest
 import torch
@@ -60,20 +59,9 @@ def test_lora_merge_is_peft_merge_and_unload(tmp_path):
     assert all(torch.equal(merged[k], v) for k, v in ref.items())
 
 
-def _old_multiplier(cfg: OptimConfig, total: int, s: int) -> float:
-    """The hand-written schedule this replaced: warm-up (s + 1) / W, cosine with a floor."""
-    if cfg.warmup_steps > 0 and s < cfg.warmup_steps:
-        return (s + 1) / cfg.warmup_steps
-    if cfg.schedule == "constant":
-        return 1.0
-    prog = min(1.0, (s - cfg.warmup_steps) / max(1, total - cfg.warmup_steps))
-    floor = cfg.min_lr / cfg.lr
-    return floor + (1 - floor) * 0.5 * (1 + math.cos(math.pi * prog))
-
-
-def _lrs(cfg: OptimConfig, total: int) -> list[float]:
-    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=cfg.lr)
-    sch = build_scheduler(opt, cfg, total)
+def _lrs(make, total: int) -> list[float]:
+    opt = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1e-3)
+    sch = make(opt)
     out = []
     for _ in range(total):
         out.append(sch.get_last_lr()[0])
@@ -83,17 +71,24 @@ def _lrs(cfg: OptimConfig, total: int) -> list[float]:
 
 
 @pytest.mark.parametrize("schedule", ["constant", "cosine"])
-def test_schedules_are_transformers_and_equal_the_old_ones_without_warmup(schedule):
-    cfg = OptimConfig(lr=1e-3, schedule=schedule, min_lr=1e-5, warmup_steps=0)
-    old = [cfg.lr * _old_multiplier(cfg, 50, s) for s in range(50)]
-    new = _lrs(cfg, 50)
-    assert new == pytest.approx(old, rel=1e-15, abs=0)  # the paper recipes: warm-up 0
-    assert new[0] == cfg.lr and (schedule == "constant" or new[-1] < 0.02 * cfg.lr)
-    # with a warm-up the first step runs at lr 0, as BAGEL's transformers schedules do (the old one: lr / W)
-    warm = _lrs(OptimConfig(lr=1e-3, schedule=schedule, min_lr=1e-5, warmup_steps=4), 50)
-    assert warm[:5] == pytest.approx([0.0, 2.5e-4, 5e-4, 7.5e-4, 1e-3], abs=1e-12)
-    with pytest.raises(ValueError, match="unknown optim.schedule 'cosin'"):
-        _lrs(OptimConfig(schedule="cosin"), 2)
+def test_schedule_vs_transformers_get_scheduler(schedule):
+    """Why the schedule stays hand-written (loom.train.optim.lr_lambda): transformers' get_scheduler (BAGEL's)
+    gives the same LRs without a warm-up (every paper recipe), but warms up as s / W instead of (s + 1) / W."""
+    from transformers import get_scheduler
+
+    name = {"constant": "constant_with_warmup", "cosine": "cosine_with_min_lr"}[schedule]
+    for warmup in (0, 4):
+        cfg = OptimConfig(lr=1e-3, schedule=schedule, min_lr=1e-5, warmup_steps=warmup)
+        ours = _lrs(lambda o, c=cfg: build_scheduler(o, c, 50), 50)
+        extra = {"min_lr": 1e-5} if schedule == "cosine" else None
+        theirs = _lrs(lambda o, w=warmup, e=extra: get_scheduler(name, o, num_warmup_steps=w, num_training_steps=50,
+                                                                 scheduler_specific_kwargs=e), 50)
+        if warmup == 0:
+            assert ours == pytest.approx(theirs, rel=1e-15, abs=0)
+        else:
+            assert ours[:4] == pytest.approx([2.5e-4, 5e-4, 7.5e-4, 1e-3]) and theirs[0] == 0.0
+            assert ours[:4] == pytest.approx(theirs[1:5])  # one step apart during the warm-up
+        assert ours[0] > 0 and (schedule == "constant" or ours[-1] < 0.02 * cfg.lr)
 
 
 def test_global_batch_size_is_the_sample_count_when_the_budget_binds(tmp_path):
