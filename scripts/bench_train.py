@@ -67,7 +67,7 @@ def run_one(name: str, overrides: list[str], steps: int, warmup: int) -> dict:
         tr = _BenchTrainer(cfg)
         dev = tr.info.device
         for _ in range(warmup):  # compile / allocator warm-up, excluded from the numbers
-            tr.train_step([next(tr.loader) for _ in range(tr.grad_accum)])
+            tr.train_step(tr.loader.next_step(tr.grad_accum))
         if dev.type == "cuda":
             torch.cuda.synchronize()
             torch.cuda.reset_peak_memory_stats(dev)
@@ -77,7 +77,7 @@ def run_one(name: str, overrides: list[str], steps: int, warmup: int) -> dict:
         tokens = len_sq = 0.0
         t0 = time.perf_counter()
         for _ in range(steps):
-            rec = tr.train_step([next(tr.loader) for _ in range(tr.grad_accum)])
+            rec = tr.train_step(tr.loader.next_step(tr.grad_accum))
             tokens += rec["tokens"]
             len_sq += rec["len_sq"]
         if dev.type == "cuda":

@@ -62,7 +62,8 @@ def validate_main(args) -> int:
     if tok is None:
         print("note: no tokenizer given (--tokenizer / --train-config): checking schema and images only, "
               "not token lengths", file=sys.stderr)
-    report = validate_manifest(args.manifest, tok, build, geometry, cap, args.limit, format=args.format)
+    report = validate_manifest(args.manifest, tok, build, geometry, cap, args.limit, format=args.format,
+                               root=args.root, allow_absolute_paths=args.allow_absolute_paths)
     print(report.summary())
     if args.json:
         from ..config import atomic_write_text
@@ -90,6 +91,10 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--limit", type=int, default=None, help="check only the first N rows")
     v.add_argument("--format", default="auto", help="auto | jsonl | parquet | hf")
     v.add_argument("--json", help="also write the report as JSON here")
+    v.add_argument("--root", default="", help="data root image paths must stay in (default: the manifest's "
+                   "folder; data.sources.<name>.root in training)")
+    v.add_argument("--allow-absolute-paths", action="store_true",
+                   help="accept absolute image paths (data.sources.<name>.allow_absolute_paths in training)")
     v.set_defaults(fn=validate_main)
     add_parsers(sub)
     args, extra = ap.parse_known_args(argv)

@@ -28,6 +28,7 @@ from torch.utils.data import DataLoader, IterableDataset, get_worker_info
 
 from ..config import MISSING
 from .packing import CondDropout, PackGeometry, pack_sequences
+from .records import DATA_ERRORS
 from .tokenizer import SpecialTokens
 from .types import PackedBatch, PlanItem, SequencePlan
 
@@ -42,6 +43,8 @@ class SourceConfig:
     split: str = "train"  # HF datasets split
     num_rows: int = 64  # synthetic only: rows in the source
     image_size: int = 32  # synthetic only: VAE image side in pixels
+    root: str = ""  # data root image paths must stay inside (default: the manifest's folder)
+    allow_absolute_paths: bool = False  # accept absolute image paths (outside any root)
     # BuildConfig overrides for this source only, merged over data.build (e.g. the same tutorial manifest once as
     # frame instances and once as plan-only instances: {frames_per_visit: 0})
     build: dict[str, Any] = field(default_factory=dict)
@@ -52,7 +55,7 @@ class DataConfig:
     sources: dict[str, SourceConfig] = field(default_factory=dict)
     batch_size: int = 1  # max samples per pack (per rank, per micro-step)
     max_tokens: int = 11520  # token budget of one pack (BAGEL fine-tune: max_num_tokens 11520)
-    max_tokens_per_sample: int = 10240  # longer samples are skipped and logged
+    max_tokens_per_sample: int = 10240  # longer samples are skipped, logged and counted (max_too_long_samples)
     num_workers: int = 0  # DataLoader worker processes per rank (0: in-process)
     prefetch_factor: int = 2
     seed: int = 42
@@ -72,6 +75,7 @@ class DataConfig:
     # fields are unused by the trainer: the *_cond_dropout values above apply
     build: dict[str, Any] = field(default_factory=dict)
     max_bad_samples: int = 100  # stop when more corrupt samples than this were skipped (all ranks)
+    max_too_long_samples: int = 100  # stop when more too-long samples than this were skipped (all ranks)
 
     def cond_dropout(self) -> CondDropout:
         return CondDropout(self.text_cond_dropout, self.vit_cond_dropout, self.vae_cond_dropout,
@@ -172,7 +176,7 @@ def build_sources(cfg: DataConfig, tokenizer, tokens: SpecialTokens, geometry: P
             from .manifest import ManifestSource
 
             out[name] = ManifestSource(sc.path, sc.format, sc.split, tokenizer, tokens, {**cfg.build, **sc.build},
-                                       geometry, model_slots)
+                                       geometry, model_slots, sc.root, sc.allow_absolute_paths)
     if not out:
         raise DataError("data.sources is empty: add at least one source (see data/README.md)")
     return out
@@ -272,10 +276,11 @@ class PlanStream:
                 st["cursor"][name], st["epoch"][name] = 0, st["epoch"][name] + 1
             try:
                 plans = self._build(name, row, epoch)
-            except Exception as e:  # a corrupt sample: skipped, logged with its source, counted
-                self.num_bad += 1
-                self.events.append({"kind": "corrupt", "source": self.sources[name].source(row),
-                                    "error": f"{type(e).__name__}: {e}"})
+            except DATA_ERRORS as e:  # a corrupt sample: skipped, logged with its source, counted
+                self.num_bad += 1  # (any other exception is a bug: it stops the run with its traceback)
+                src = getattr(e, "source", "") or self.sources[name].source(row)
+                reason = getattr(e, "reason", "") if getattr(e, "source", "") else f"{type(e).__name__}: {e}"
+                self.events.append({"kind": "corrupt", "source": src, "error": reason})
                 continue
             st["current"], st["plan_idx"], self._current_plans = [name, row, epoch], 0, plans
         raise DataError("100000 consecutive records produced no plan: every sample is failing")
@@ -322,9 +327,11 @@ class PackedStream:
             self._last_before = before
             return plan, key, n
 
-    def next(self) -> TrainBatch:
+    def next(self, max_samples: int | None = None) -> TrainBatch:
+        """One pack of ≤ min(data.batch_size, max_samples) samples within the token budget."""
+        limit = self.cfg.batch_size if max_samples is None else min(self.cfg.batch_size, max_samples)
         plans, keys, total = [], [], 0
-        while len(plans) < self.cfg.batch_size:
+        while len(plans) < limit:
             plan, key, n = self._pull()
             if plans and total + n > self.cfg.max_tokens:
                 self._pending, self._pending_state = (plan, key, n), self._last_before
@@ -332,15 +339,31 @@ class PackedStream:
             plans.append(plan)
             keys.append(key)
             total += n
+        # the thresholds (data.max_bad_samples / max_too_long_samples) are the trainer's: it writes these
+        # events to events.jsonl first, then stops
         self.num_bad = self.num_bad + self.plans.num_bad
         self.plans.num_bad = 0
-        if self.num_bad > self.cfg.max_bad_samples:
-            raise DataError(f"{self.num_bad} corrupt samples skipped (> data.max_bad_samples="
-                            f"{self.cfg.max_bad_samples}); last: {self.plans.events[-1:]}")
         packed = pack_plans(plans, keys, self.tokens, self.geometry, self.dropout, self.ensure_vit,
                             self.cfg.timestep_uniform)
         events, self.plans.events = self.plans.events, []
         return TrainBatch(packed, keys, len(plans), events)
+
+    def next_group(self, num_samples: int) -> list[TrainBatch]:
+        """Exactly `num_samples` samples packed into as many micro-batches as the budget needs (one optimizer
+        step of `optim.global_batch_size`)."""
+        out: list[TrainBatch] = []
+        while num_samples > 0:
+            out.append(self.next(num_samples))
+            num_samples -= out[-1].num_samples
+        return out
+
+
+def filler_batch(tokens: SpecialTokens, geometry: PackGeometry, ensure_vit: bool = False) -> TrainBatch:
+    """A micro-batch without loss tokens (an empty text item, + the ViT pseudo-sample under FSDP): it pads a rank
+    whose step needs fewer micro-batches than another's, so all ranks run the same forwards (FSDP collectives)."""
+    plan = SequencePlan([PlanItem("text", text_ids=[], name="fsdp-filler")], "fsdp-filler")
+    packed = pack_plans([plan], [0], tokens, geometry, CondDropout(), ensure_vit)
+    return TrainBatch(packed, [0], 0, [])
 
 
 def pack_plans(plans: list[SequencePlan], keys: list[int], tokens: SpecialTokens, geometry: PackGeometry,
@@ -396,18 +419,24 @@ def flow_noise(batch: PackedBatch, sample_seeds: list[int], dim: int) -> torch.T
 # ---- rank × worker loader ------------------------------------------------------------------------------------
 
 class _WorkerDataset(IterableDataset):
-    def __init__(self, make_stream, states: list[dict | None], offset: int) -> None:
-        self.make_stream, self.states, self.offset = make_stream, states, offset
+    """Yields single packs, or (samples_per_step > 0) whole steps: a list of packs holding exactly that many
+    samples — made in one worker, so the budget never splits a step's sample count across workers."""
 
-    def __iter__(self) -> Iterator[TrainBatch]:
+    def __init__(self, make_stream, states: list[dict | None], offset: int, samples_per_step: int = 0) -> None:
+        self.make_stream, self.states, self.offset = make_stream, states, offset
+        self.samples_per_step = samples_per_step
+
+    def __iter__(self) -> Iterator[TrainBatch | list[TrainBatch]]:
         info = get_worker_info()
         n = len(self.states)
         logical = ((info.id if info else 0) + self.offset) % n
         stream = self.make_stream(logical, self.states[logical])
         while True:
-            b = stream.next()
-            b.worker, b.state = logical, stream.state_dict()
-            yield b
+            group = stream.next_group(self.samples_per_step) if self.samples_per_step else [stream.next()]
+            state = stream.state_dict()
+            for b in group:
+                b.worker, b.state = logical, state
+            yield group if self.samples_per_step else group[0]
 
 
 def _identity(x):
@@ -418,9 +447,11 @@ class ResumableLoader:
     """Infinite iterator of `TrainBatch` for one rank; `state_dict()` / `load_state_dict()` give exact resume."""
 
     def __init__(self, sources: dict[str, PlanSource], cfg: DataConfig, tokens: SpecialTokens,
-                 geometry: PackGeometry, rank: int = 0, world_size: int = 1, ensure_vit: bool = False) -> None:
+                 geometry: PackGeometry, rank: int = 0, world_size: int = 1, ensure_vit: bool = False,
+                 samples_per_step: int = 0) -> None:
         self.sources, self.cfg, self.tokens, self.geometry = sources, cfg, tokens, geometry
         self.ensure_vit = ensure_vit
+        self.samples_per_step = samples_per_step  # > 0: next_step() returns exactly this many samples
         self.rank, self.world_size = rank, world_size
         self.num_workers = max(1, cfg.num_workers)
         self.states: list[dict | None] = [None] * self.num_workers
@@ -448,7 +479,7 @@ class ResumableLoader:
         self._it = None
 
     def _start(self) -> Iterator[TrainBatch]:
-        ds = _WorkerDataset(self._make_stream, list(self.states), self.next_worker)
+        ds = _WorkerDataset(self._make_stream, list(self.states), self.next_worker, self.samples_per_step)
         if self.cfg.num_workers == 0:
             return iter(ds)
         return iter(DataLoader(ds, batch_size=None, num_workers=self.cfg.num_workers, collate_fn=_identity,
@@ -458,14 +489,32 @@ class ResumableLoader:
         return self
 
     def __next__(self) -> TrainBatch:
+        if self.samples_per_step:
+            raise TypeError("this loader yields whole steps (samples_per_step > 0): use next_step()")
+        return self._advance([self._pull()])[0]
+
+    def next_step(self, num_micro_batches: int) -> list[TrainBatch]:
+        """One optimizer step's micro-batches: `num_micro_batches` packs, or with samples_per_step exactly that
+        many samples in as many packs as the token budget needs."""
+        if self.samples_per_step:
+            return self._advance(self._pull())
+        return [next(self) for _ in range(num_micro_batches)]
+
+    def filler(self) -> TrainBatch:
+        return filler_batch(self.tokens, self.geometry, self.ensure_vit)
+
+    def _pull(self):
         if self._it is None:
             self._it = self._start()
-        b = next(self._it)
+        return next(self._it)
+
+    def _advance(self, group: list[TrainBatch]) -> list[TrainBatch]:
+        b = group[-1]
         self.states[b.worker] = b.state
         self.next_worker = (b.worker + 1) % self.num_workers
         self.num_bad = sum(s["num_bad"] for s in self.states if s)
         self.num_too_long = sum(s["num_too_long"] for s in self.states if s)
-        for e in b.events:
+        for e in (e for b in group for e in b.events):
             log.warning("skipped %s sample %s: %s", e["kind"], e["source"], e["error"])
-        return b
+        return group
 

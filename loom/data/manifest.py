@@ -5,6 +5,11 @@ Every reader returns plain record dicts (the row schema of `data/README.md`) and
 `load_image`, which accepts a relative path, raw bytes, a `{"bytes", "path"}` struct (parquet / HF Image
 feature) or an already decoded PIL image. Decoding is forced (`Image.load()`), so a corrupt file fails here,
 with its source, and not later inside packing.
+
+Paths stay inside their data root: a relative path is resolved against the manifest's folder and must not leave
+`root` (default: that folder; `../images/x.png` needs `root` one level up), absolute paths are refused unless
+`allow_absolute_paths`. The check is lexical (no symlink resolution: a link the data owner placed is followed).
+Rows are named `manifest:line:id` with 1-based lines (`loom.data.records.record_source`).
 """
 
 from __future__ import annotations
@@ -12,11 +17,14 @@ from __future__ import annotations
 import dataclasses
 import io
 import json
+import os
 import random
 from pathlib import Path
 from typing import Any
 
 from PIL import Image
+
+from .records import ImageError, SampleError, describe_ref
 
 FORMATS = ("jsonl", "parquet", "hf")
 IMAGE_KEYS = ("frames", "input_images", "targets")  # row fields that hold image references
@@ -38,7 +46,8 @@ def detect_format(path: str | Path) -> str:
 class Manifest:
     """Rows of one manifest, by index. `source(i)` names a row in every log line and error."""
 
-    def __init__(self, path: str | Path, format: str = "auto", split: str = "train") -> None:
+    def __init__(self, path: str | Path, format: str = "auto", split: str = "train", root: str | Path = "",
+                 allow_absolute_paths: bool = False) -> None:
         self.path = Path(path)
         if not self.path.exists():
             raise FileNotFoundError(f"manifest {self.path} does not exist")
@@ -46,8 +55,10 @@ class Manifest:
         if self.format not in FORMATS:
             raise ValueError(f"unknown manifest format {format!r}; known: auto, {', '.join(FORMATS)}")
         self.base = self.path if self.path.is_dir() else self.path.parent
+        self.root = Path(root) if root else self.base
+        self.allow_absolute_paths = allow_absolute_paths
         if self.format == "jsonl":
-            self._offsets = _line_offsets(self.path)
+            self._offsets, self._lines = _line_offsets(self.path)
         elif self.format == "parquet":
             self._init_parquet()
         else:
@@ -89,10 +100,16 @@ class Manifest:
             return self._num_rows
         return len(self._ds)
 
+    def line(self, i: int) -> int:
+        """1-based location of row i: its file line (JSONL, blank lines counted), else i + 1."""
+        return self._lines[i] if self.format == "jsonl" else i + 1
+
     def source(self, i: int) -> str:
-        return f"{self.path}:{i}"
+        return f"{self.path}:{self.line(i)}"
 
     def row(self, i: int) -> dict[str, Any]:
+        """Row i (0-based) with `_row` = i and `_line` = `line(i)` added; a row that is not a JSON object raises
+        `SampleError` (source and reason kept apart)."""
         if not 0 <= i < len(self):
             raise IndexError(f"{self.path}: row {i} out of range ({len(self)} rows)")
         if self.format == "jsonl":
@@ -101,15 +118,19 @@ class Manifest:
                 line = f.readline()
             try:
                 rec = json.loads(line)
-            except json.JSONDecodeError as e:
-                raise ValueError(f"{self.source(i)}: invalid JSON ({e})") from None
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                self._bad_row(i, f"invalid JSON ({e})")
         elif self.format == "parquet":
             rec = self._parquet_row(i)
         else:
             rec = dict(self._ds[i])
         if not isinstance(rec, dict):
-            raise ValueError(f"{self.source(i)}: a row must be a JSON object, got {type(rec).__name__}")
+            self._bad_row(i, f"a row must be a JSON object, got {type(rec).__name__}")
+        rec["_row"], rec["_line"] = i, self.line(i)
         return rec
+
+    def _bad_row(self, i: int, reason: str):
+        raise SampleError(f"{self.source(i)}: {reason}", source=self.source(i), reason=reason)
 
     def _parquet_row(self, i: int) -> dict[str, Any]:
         for k, (fi, g, start, n) in enumerate(self._groups):
@@ -120,42 +141,66 @@ class Manifest:
         raise IndexError(i)
 
     def load_image(self, ref: Any) -> Image.Image:
-        return load_image(ref, self.base)
+        return load_image(ref, self.base, self.root, self.allow_absolute_paths)
 
 
-def _line_offsets(path: Path) -> list[int]:
-    """Byte offsets of the non-blank lines (rows are parsed lazily, so huge manifests stay cheap)."""
-    offsets, pos = [], 0
+def _line_offsets(path: Path) -> tuple[list[int], list[int]]:
+    """Byte offsets and 1-based line numbers of the non-blank lines (rows are parsed lazily, so huge manifests
+    stay cheap)."""
+    offsets, lines, pos = [], [], 0
     with open(path, "rb") as f:
-        for line in f:
+        for n, line in enumerate(f, 1):
             if line.strip():
                 offsets.append(pos)
+                lines.append(n)
             pos += len(line)
-    return offsets
+    return offsets, lines
 
 
-def load_image(ref: Any, base: str | Path = ".") -> Image.Image:
-    """Decode one image reference (path relative to `base`, bytes, {"bytes"/"path"} struct or PIL image)."""
+def resolve_path(ref: str, base: str | Path, root: str | Path | None = None,
+                 allow_absolute_paths: bool = False) -> Path:
+    """The file a path reference names: relative to `base`, inside `root` (default `base`); raises
+    `ImageError` for an absolute path (unless allowed) or one that leaves the root."""
+    p = Path(ref)
+    if p.is_absolute():
+        if not allow_absolute_paths:
+            raise ImageError(f"image path {ref!r} is absolute; write it relative to the manifest's folder "
+                             "(or set allow_absolute_paths=true on the source)")
+        return p
+    full = Path(os.path.normpath(Path(base) / p))
+    top = Path(os.path.normpath(root if root is not None else base))
+    if full != top and top not in full.parents:
+        raise ImageError(f"image path {ref!r} leaves the data root {top} (resolves to {full}); keep images under "
+                         "the root or set the source's root to a folder that contains them")
+    return full
+
+
+def load_image(ref: Any, base: str | Path = ".", root: str | Path | None = None,
+               allow_absolute_paths: bool = False) -> Image.Image:
+    """Decode one image reference (path relative to `base` and inside `root`, bytes, {"bytes"/"path"} struct
+    or PIL image). Every way a file can be bad — missing, not an image, truncated, a decompression bomb —
+    raises `ImageError` naming the reference."""
     if isinstance(ref, Image.Image):
-        img = ref
+        return ref
+    if isinstance(ref, dict) and ref.get("bytes") is None:
+        if not ref.get("path"):
+            raise ImageError(f"image struct without bytes or path: {sorted(ref)}")
+        ref = ref["path"]
+    if isinstance(ref, dict):
+        src: Any = io.BytesIO(ref["bytes"])
     elif isinstance(ref, (bytes, bytearray)):
-        img = Image.open(io.BytesIO(ref))
-    elif isinstance(ref, dict):
-        if ref.get("bytes") is not None:
-            img = Image.open(io.BytesIO(ref["bytes"]))
-        elif ref.get("path"):
-            img = Image.open(Path(base) / ref["path"])
-        else:
-            raise ValueError(f"image struct without bytes or path: {sorted(ref)}")
+        src = io.BytesIO(ref)
     elif isinstance(ref, str):
-        p = Path(ref)
-        p = p if p.is_absolute() else Path(base) / p
-        if not p.exists():
-            raise FileNotFoundError(f"image {ref!r} not found (resolved to {p})")
-        img = Image.open(p)
+        src = resolve_path(ref, base, root, allow_absolute_paths)
+        if not src.is_file():
+            raise ImageError(f"image {ref!r} not found (resolved to {src})")
     else:
         raise TypeError(f"unsupported image reference of type {type(ref).__name__}")
-    img.load()  # force the decode: corrupt files fail here
+    try:
+        img = Image.open(src)
+        img.load()  # force the decode: corrupt files fail here
+    except Exception as e:  # PIL reports bad bytes as OSError, SyntaxError, DecompressionBombError, EOFError …
+        raise ImageError(f"image {describe_ref(ref)} cannot be decoded: {type(e).__name__}: {e}") from e
     return img
 
 
@@ -174,10 +219,11 @@ class ManifestSource:
     """A manifest read through `loom.data.manifest` and turned into plans by `loom.data.builders`."""
 
     def __init__(self, path: str | Path, format: str, split: str, tokenizer, tokens, build: dict[str, Any],
-                 geometry=None, model_slots: tuple[int, int] | None = None) -> None:
+                 geometry=None, model_slots: tuple[int, int] | None = None, root: str | Path = "",
+                 allow_absolute_paths: bool = False) -> None:
         from .builders import BuildContext
 
-        self.manifest = Manifest(path, format, split)
+        self.manifest = Manifest(path, format, split, root, allow_absolute_paths)
         self.ctx = BuildContext(tokenizer=tokenizer, tokens=tokens, config=build_config(build, model_slots),
                                 load_image=self.manifest.load_image, manifest=str(path), geometry=geometry)
 
@@ -188,13 +234,20 @@ class ManifestSource:
         return self.manifest.source(row)
 
     def plans(self, row: int, rng: random.Random) -> list:
+        """Every instance of one row. A data failure raises `SampleError` whose `.source` is `manifest:line:id`
+        (the id is known once the row parsed), so the loader's skip record names the row exactly."""
         from .builders import build_plans
+        from .records import DATA_ERRORS, record_source
 
         record = self.manifest.row(row)
-        record["_row"] = row
-        out = build_plans(record, self.ctx, rng)
+        src = record_source(record, self.ctx.manifest)
+        try:
+            out = build_plans(record, self.ctx, rng)
+        except DATA_ERRORS as e:
+            reason = str(e)[len(src):].lstrip(": ") if str(e).startswith(src) else f"{type(e).__name__}: {e}"
+            raise SampleError(f"{src}: {reason}", source=src, reason=reason) from e
         for p in out:
-            p.source = p.source or self.source(row)
+            p.source = p.source or src
         return out
 
 

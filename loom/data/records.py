@@ -19,6 +19,8 @@ from __future__ import annotations
 import re
 from typing import Any
 
+from PIL import Image
+
 from .entities import unknown_tags
 from .plan import DEFAULT_N_MAX, parse_plan
 
@@ -31,13 +33,32 @@ _TARGETS = {"compose": (1, 1), "decompose": (1, None), "style": (1, 1), "t2i": (
 
 
 class SampleError(ValueError):
-    """A manifest row that cannot become a training sample; the message always starts with its source."""
+    """A manifest row that cannot become a training sample; the message always starts with its source.
+    Raised with `source=` and `reason=` the two parts are also kept apart (reports print each once)."""
+
+    def __init__(self, message: str, *, source: str = "", reason: str = "") -> None:
+        super().__init__(message)
+        self.source, self.reason = source, reason or message
+
+
+class ImageError(SampleError):
+    """An image reference that cannot be used: missing, undecodable, a decompression bomb, or outside the data
+    root. The message names the reference, not the row (the caller adds the row)."""
+
+
+# What the loader counts (and skips) as a bad sample: bad rows and bad files. Anything else — TypeError,
+# KeyError, a ValueError from our own code … — is a bug and stops the run with its traceback.
+DATA_ERRORS: tuple[type[BaseException], ...] = (SampleError, OSError, Image.DecompressionBombError)
 
 
 def record_source(record: dict, manifest: str = "") -> str:
-    """`manifest:row:id` — row is the 0-based row index a reader stores in `record["_row"]` (the index of
-    `loom.data.manifest.Manifest.row`), "?" when unknown."""
-    return f"{manifest or '<records>'}:{record.get('_row', '?')}:{record.get('id', '?')}"
+    """`manifest:line:id`. line is 1-based: the file line of a JSONL row (`record["_line"]`, stored by
+    `loom.data.manifest.Manifest.row`), else the 0-based row index `record["_row"]` + 1 (parquet / HF rows);
+    "?" when unknown."""
+    line = record.get("_line")
+    if line is None and isinstance(record.get("_row"), int):
+        line = record["_row"] + 1
+    return f"{manifest or '<records>'}:{'?' if line is None else line}:{record.get('id', '?')}"
 
 
 def tutorial_steps(record: dict) -> tuple[list[str], list[str]]:
@@ -78,8 +99,12 @@ def check_record(record: dict, n_max: int = DEFAULT_N_MAX, max_frames: int = 8, 
     task = record.get("task")
     if task not in TASKS:
         return [f"unknown task {task!r} (known: {', '.join(TASKS)})"], []
-    if not isinstance(record.get("id"), str) or not record["id"]:
-        errors.append("missing or empty 'id'")
+    rid = record.get("id")
+    if isinstance(rid, (int, float)) and not isinstance(rid, bool):
+        errors.append(f"'id' is the number {rid!r}; ids are strings (write \"{rid}\")")
+    elif not isinstance(rid, str) or not rid:
+        errors.append("missing or empty 'id'" if rid in (None, "") else
+                      f"'id' must be a string, got {type(rid).__name__}")
     prompt = record.get("prompt")
     if not isinstance(prompt, str) or not prompt.strip():
         errors.append("missing or empty 'prompt'")

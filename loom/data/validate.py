@@ -1,9 +1,10 @@
 """Whole-dataset validation before training (`loom data validate MANIFEST`).
 
 One pass over every row: schema checks (`records.check_record`: unknown task, more steps than images, plan
-unparsable, placeholders without images, too many references …), every image decoded, and — given a
-tokenizer — every training instance actually built and measured, so a sample that would fail or overflow the
-token budget mid-run is named now. Each issue carries the sample source `manifest:row:id`.
+unparsable, placeholders without images, too many references, non-string ids …), duplicate ids, every image
+decoded and inside the data root (`loom.data.manifest.resolve_path`), and — given a tokenizer — every training
+instance actually built and measured, so a sample that would fail or overflow the token budget mid-run is named
+now. Each issue carries the sample source `manifest:line:id` (1-based line).
 """
 
 from __future__ import annotations
@@ -16,7 +17,7 @@ from typing import Any, Literal
 
 from .builders import BuildConfig, BuildContext, build_plans, plan_num_tokens
 from .packing import PackGeometry
-from .records import SampleError, check_record, describe_ref, record_source
+from .records import ImageError, SampleError, check_record, describe_ref, record_source
 from .tokenizer import SpecialTokens
 
 
@@ -33,8 +34,8 @@ class Issue:
 @dataclass
 class ValidationReport:
     manifest: str
-    num_records: int = 0
-    num_ok: int = 0  # rows without errors
+    num_records: int = 0  # rows read
+    num_ok: int = 0  # rows without errors (num_records − num_ok rows have one or more errors)
     num_instances: int = 0  # sequence plans built (tutorials: one per frame)
     tasks: Counter = field(default_factory=Counter)
     errors: list[Issue] = field(default_factory=list)
@@ -49,8 +50,9 @@ class ValidationReport:
     def summary(self, max_issues: int = 20) -> str:
         mean = self.total_tokens / self.num_instances if self.num_instances else 0
         tasks = ", ".join(f"{k} {v}" for k, v in sorted(self.tasks.items()))
-        lines = [f"{self.manifest}: {self.num_records} rows ({tasks}), {self.num_ok} ok, "
-                 f"{len(self.errors)} errors, {len(self.warnings)} warnings"]
+        lines = [f"{self.manifest}: {self.num_records} rows ({tasks}): {self.num_ok} ok, "
+                 f"{self.num_records - self.num_ok} with errors; issues: {len(self.errors)} errors, "
+                 f"{len(self.warnings)} warnings"]
         if self.num_instances:
             lines.append(f"  {self.num_instances} instances, tokens max {self.max_tokens}, mean {mean:.0f}")
         for issue in (self.errors + self.warnings)[:max_issues]:
@@ -66,22 +68,25 @@ class ValidationReport:
 
     def to_dict(self) -> dict[str, Any]:
         return {"manifest": self.manifest, "num_records": self.num_records, "num_ok": self.num_ok,
-                "num_instances": self.num_instances, "tasks": dict(self.tasks), "max_tokens": self.max_tokens,
+                "num_rows_with_errors": self.num_records - self.num_ok, "num_instances": self.num_instances, "tasks": dict(self.tasks), "max_tokens": self.max_tokens,
                 "errors": [vars(i) for i in self.errors], "warnings": [vars(i) for i in self.warnings]}
 
 
 def validate_manifest(path: str | Path, tokenizer=None, config: BuildConfig | None = None,
                       geometry: PackGeometry | None = None, max_tokens_per_sample: int | None = None,
-                      limit: int | None = None, seed: int = 0, format: str = "auto") -> ValidationReport:
+                      limit: int | None = None, seed: int = 0, format: str = "auto", root: str | Path = "",
+                      allow_absolute_paths: bool = False) -> ValidationReport:
     """Check every row of a manifest (.jsonl / .parquet / HF folder). Without a tokenizer only the schema and
     the images are checked; with one, every instance is built and its length measured against
-    `max_tokens_per_sample` (default `config.max_tokens_per_sample`)."""
+    `max_tokens_per_sample` (default `config.max_tokens_per_sample`). `root` / `allow_absolute_paths`: the
+    data root image paths must stay in (default: the manifest's folder), as in `SourceConfig`."""
     from .manifest import Manifest  # the training reader: same row indexing, same image-reference forms
 
     config = config or BuildConfig()
     geometry = geometry or PackGeometry()
     cap = max_tokens_per_sample if max_tokens_per_sample is not None else config.max_tokens_per_sample
-    man = Manifest(path, format)
+    man = Manifest(path, format, root=root, allow_absolute_paths=allow_absolute_paths)
+    seen: dict[str, str] = {}  # id → source of its first row
     report = ValidationReport(str(path))
     registered: set[str] = set()
     ctx = None
@@ -95,14 +100,19 @@ def validate_manifest(path: str | Path, tokenizer=None, config: BuildConfig | No
         report.num_records += 1
         try:
             record = man.row(i)
-        except (ValueError, IndexError) as e:
-            report.errors.append(Issue(f"{path}:{i}", str(e)))
+        except SampleError as e:
+            report.errors.append(Issue(e.source, e.reason))
             continue
-        record["_row"] = i
         src = record_source(record, str(path))
         report.tasks[str(record.get("task"))] += 1
         errors, warnings = check_record(record, config.n_max, config.max_frames, config.max_references,
                                         config.entity_tokens)
+        rid = record.get("id")
+        if isinstance(rid, str) and rid:
+            if rid in seen:
+                errors.append(f"duplicate id {rid!r} (first used at {seen[rid]})")
+            else:
+                seen[rid] = src
         if tokenizer is not None:
             used = {t for t in config.entity_tokens if t in str(record.get("prompt", ""))}
             for t in sorted(used - registered):
@@ -123,17 +133,21 @@ def _check_images(man, record: dict) -> list[str]:
         for j, ref in enumerate(refs if isinstance(refs, list) else []):
             try:
                 man.load_image(ref)
-            except Exception as e:  # any decode failure is a data error of this row
+            except ImageError as e:  # names the reference itself
+                out.append(f"{key}[{j}]: {e}")
+            except Exception as e:  # any other failure is still a data error of this row
                 out.append(f"{key}[{j}] {describe_ref(ref)}: {type(e).__name__}: {e}")
     return out
 
 
 def _check_build(ctx: BuildContext, record: dict, seed: int, cap: int | None, geometry: PackGeometry,
                  report: ValidationReport) -> list[str]:
+    src = record_source(record, ctx.manifest)
     try:
         plans = build_plans(record, ctx, random.Random(seed))
-    except SampleError as e:
-        return [str(e).split(": ", 1)[-1]]
+    except SampleError as e:  # the builders' message starts with the row's source: print it once
+        msg = str(e)
+        return [msg[len(src):].lstrip(": ") if msg.startswith(src) else msg]
     except Exception as e:  # a builder crash is reported against the row, never aborts the pass
         return [f"building failed: {type(e).__name__}: {e}"]
     out = []

@@ -33,6 +33,9 @@ class LoomOutput:
     logits: Tensor | None = None  # [N_ce, V]
     v_pred: Tensor | None = None  # [N_mse, Dl]
     v_target: Tensor | None = None  # [N_mse, Dl]
+    # 0-valued scalar tied to the trainable root parameters this pack did not use (`Loom._unused`); the trainer
+    # adds it to the loss so they receive an exact-zero gradient instead of none
+    unused: Tensor | float = 0.0
 
 
 class TemporalEmbedding(nn.Module):
@@ -56,8 +59,10 @@ class TemporalEmbedding(nn.Module):
         return torch.where(frame_ids < 0, self.max_frames - frame_ids, frame_ids)
 
     def forward(self, frame_ids: Tensor) -> Tensor:
-        """frame_ids [N] → [N, D]; frame id 0 gives an exact zero (row 0 is masked out, never trained)."""
-        emb = self.weight[self.rows(frame_ids)]
+        """frame_ids [N] → [N, D]; frame id 0 gives an exact zero (row 0 is masked out, never trained).
+        `F.embedding`, not `weight[rows]`: the backward of advanced indexing accumulates repeated rows with
+        parallel atomic adds on CPU (thread-count dependent bits); embedding's backward sums each row in order."""
+        emb = F.embedding(self.rows(frame_ids), self.weight)
         return emb * (frame_ids != 0).unsqueeze(-1).to(emb.dtype)
 
 
@@ -142,8 +147,9 @@ class Loom(nn.Module):
         freeze_und = self.language_model.freeze_und
         if freeze_und:  # understanding inputs are constants too (bagel-spec §2.4)
             x = torch.where(gen_mask[:, None], x, x.detach())
-        h, _ = self.language_model(x, batch.packed_position_ids, Routing.from_gen_mask(gen_mask, freeze_und), spec,
-                                   self.attn_backend, return_kv=False)
+        # with grad: both experts run in every layer, on zero rows if the pack has no token for one (see _unused)
+        route = Routing.from_gen_mask(gen_mask, freeze_und, all_experts=torch.is_grad_enabled())
+        h, _ = self.language_model(x, batch.packed_position_ids, route, spec, self.attn_backend, return_kv=False)
 
         logits = self.language_model.lm_head(h[batch.ce_loss_indexes])
         ce = F.cross_entropy(logits.float(), batch.packed_label_ids, reduction="none")
@@ -152,7 +158,40 @@ class Loom(nn.Module):
             mse = (v_pred.float() - target.float()).pow(2).mean(-1)
         else:
             v_pred, mse = None, h.new_zeros(0)
-        return LoomOutput(ce=ce, mse=mse, logits=logits if return_logits else None, v_pred=v_pred, v_target=target)
+        unused = self._unused(batch, h, target is not None) if torch.is_grad_enabled() else 0.0
+        return LoomOutput(ce=ce, mse=mse, logits=logits if return_logits else None, v_pred=v_pred, v_target=target,
+                          unused=unused)
+
+    def _unused(self, batch: PackedBatch, h: Tensor, has_target: bool) -> Tensor:
+        """0 · (one element of each trainable parameter of the modules this pack does not use, and of h).
+
+        Under FSDP2 a wrap unit reduce-scatters the gradients of the parameters that received one, so every rank
+        must agree on that set; with one task per rank it does not (t2i has no CE tokens, understanding no
+        latents, BAGEL's families no temporal slot). Tying the unused root modules to the loss with an exact 0
+        gives each of them a zero gradient on every rank — what FSDP1's flat parameters (BAGEL) always had. The
+        decoder layers run both experts for the same reason (`Routing.all_experts`); the ViT layers are kept in
+        step by the loader's one-patch ViT pseudo-sample (`pack_plans(ensure_vit=True)`). The final hidden state
+        `h` is tied too: a pack without loss tokens of the kinds the step has (a loss-free filler pack, a
+        t2i pack in a step without CE) would otherwise leave every wrap unit out of this rank's backward, and
+        FSDP2 ranks would issue their per-unit collectives in different orders (a hang)."""
+        cfg = self.config
+        mods: list[nn.Module] = []
+        if batch.ce_loss_indexes.numel() == 0:
+            mods.append(self.language_model.lm_head)
+        if cfg.visual_und and batch.packed_vit_token_indexes.numel() == 0:
+            mods += [self.vit_model, self.connector]
+        if cfg.visual_gen and not batch.num_vae_tokens:
+            mods += [self.time_embedder, self.vae2llm]
+        if cfg.visual_gen and not has_target:
+            mods.append(self.llm2vae)
+        if cfg.temporal_embedding:
+            ids = [t for t in (batch.packed_vit_frame_ids, batch.packed_vae_frame_ids) if t is not None]
+            if not any(bool((t != 0).any()) for t in ids):
+                mods.append(self.temporal_embed)
+        inner = {id(p) for m in self.modules() if isinstance(m, self.fsdp_blocks) for p in m.parameters()}
+        params = [p for m in mods for p in m.parameters() if p.requires_grad and id(p) not in inner]
+        firsts = [p.reshape(-1)[0].float() for p in params] + [h.reshape(-1)[0].float()]
+        return torch.stack(firsts).sum() * 0.0
 
     @torch.no_grad()
     def reset_fixed_tables(self) -> None:

@@ -28,18 +28,21 @@ class Routing:
     # BAGEL's freeze_und (bagel-spec §2.4): understanding-token activations are detached after every routed op,
     # so no gradient reaches und weights and generation tokens see und K/V as constants.
     detach_und: bool = False
+    # training: run both experts even on zero rows, so every expert weight gets a gradient (exactly zero when
+    # unused) and FSDP2 ranks holding different tasks reduce the same set of gradients (`Loom._unused`)
+    all_experts: bool = False
 
     @classmethod
-    def from_gen_mask(cls, gen_mask: Tensor, detach_und: bool = False) -> Routing:
+    def from_gen_mask(cls, gen_mask: Tensor, detach_und: bool = False, all_experts: bool = False) -> Routing:
         return cls(torch.nonzero(~gen_mask).squeeze(1), torch.nonzero(gen_mask).squeeze(1), int(gen_mask.numel()),
-                   detach_und)
+                   detach_und, all_experts)
 
     def apply(self, x: Tensor, f_und, f_gen) -> Tensor:
         """out[und] = f_und(x[und]); out[gen] = f_gen(x[gen]) (cheap path when one side is empty)."""
-        if self.gen_idx.numel() == 0:
+        if self.gen_idx.numel() == 0 and not self.all_experts:
             y = f_und(x)
             return y.detach() if self.detach_und else y
-        if self.und_idx.numel() == 0:
+        if self.und_idx.numel() == 0 and not self.all_experts:
             return f_gen(x)
         yu, yg = f_und(x[self.und_idx]), f_gen(x[self.gen_idx])
         if self.detach_und:

@@ -26,11 +26,15 @@ def main(argv: list[str] | None = None) -> int:
 
         print(to_yaml(cfg))
         return 0
+    from ..data.loader import DataError
     from . import parallel
-    from .trainer import Trainer
+    from .trainer import Trainer, TrainingError
 
     try:
         result = Trainer(cfg).run()
+    except (DataError, TrainingError) as e:  # a stop the run decided on (bad data, NaN steps): one line
+        print(f"error: {e}", file=sys.stderr)
+        return 1
     finally:
         parallel.shutdown()
     print(f"[loom] training {result['status']} at step {result['step']}")

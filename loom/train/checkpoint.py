@@ -15,6 +15,7 @@ holds `trainer_state.json`.
 from __future__ import annotations
 
 import json
+import logging
 import os
 import random
 import re
@@ -32,6 +33,7 @@ from torch.distributed.checkpoint.state_dict import get_state_dict, set_state_di
 from ..config import atomic_write_text
 from .parallel import DistInfo, barrier, broadcast_object
 
+log = logging.getLogger("loom.train")
 STEP_RE = re.compile(r"^step-(\d{7,})$")
 
 
@@ -85,9 +87,13 @@ def _set_rng_state(st: dict) -> None:
         torch.cuda.set_rng_state_all(st["cuda"])
 
 
-def _fault(point: str) -> None:
-    """Test hook: LOOM_FAULT=<point> kills this process with SIGKILL at that point of a save."""
-    if os.environ.get("LOOM_FAULT") == point:
+SAVE_STAGES = ("save:start", "save:after_shards", "save:before_rename", "save:after_rename")
+
+
+def _fault(point: str, step: int) -> None:
+    """Test hook: LOOM_FAULT=<point> (any save) or <point>@<step> kills this process with SIGKILL at that point
+    of a save (`SAVE_STAGES`)."""
+    if os.environ.get("LOOM_FAULT") in (point, f"{point}@{step}"):
         os.kill(os.getpid(), 9)
 
 
@@ -116,11 +122,12 @@ class CheckpointManager:
             shutil.rmtree(tmp, ignore_errors=True)
             tmp.mkdir(parents=True)
         barrier(self.info)
+        _fault("save:start", step)
         with warnings.catch_warnings():  # single-process DCP warns that it is single-process
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
             dcp.save(self._state(model, optimizer, ema), checkpoint_id=str(tmp / "state"))
         torch.save(_rng_state(), tmp / f"rng-rank{self.info.rank:05d}.pt")
-        _fault("save:after_shards")
+        _fault("save:after_shards", step)
         barrier(self.info)
         if self.info.is_main:
             atomic_write_text(tmp / "config.yaml", config_yaml)
@@ -128,10 +135,12 @@ class CheckpointManager:
                 tokenizer.save_pretrained(str(tmp / "tokenizer"))
             atomic_write_text(tmp / "trainer_state.json", json.dumps(trainer_state, indent=1))
             _fsync_dir(tmp)
+            _fault("save:before_rename", step)
             if final.exists():  # re-saving the same step (e.g. SIGTERM right after a periodic save)
                 shutil.rmtree(final)
             os.replace(tmp, final)
             _fsync_dir(self.root)
+            _fault("save:after_rename", step)
             self.prune()
         barrier(self.info)
         return final
@@ -162,7 +171,7 @@ class CheckpointManager:
         st = self._state(model, optimizer, ema)
         with warnings.catch_warnings():
             warnings.filterwarnings("ignore", message="torch.distributed is disabled")
-            dcp.load(st, checkpoint_id=str(path / "state"))
+            dcp.load(_saved_part(st, path / "state"), checkpoint_id=str(path / "state"))
         set_state_dict(model, optimizer, model_state_dict=st["model"], optim_state_dict=st["optim"])
         if ema is not None:
             ema.load_state_dict(st["ema"])
@@ -170,6 +179,22 @@ class CheckpointManager:
         if rng.exists():
             _set_rng_state(torch.load(rng, weights_only=False))
         return json.loads((path / "trainer_state.json").read_text())
+
+
+def _saved_part(st: dict, state_dir: Path) -> dict:
+    """`st` without the optimizer entries the checkpoint lacks. Checkpoints written before the optimizer state
+    was created eagerly (`loom.train.optim.init_optimizer_state`) have no Adam state for parameters that never
+    had a gradient (e.g. `lm_head` in a compose run); those keep the fresh state — step 0, zero moments —
+    which is exactly what they had. Everything else (model, EMA, the other optimizer entries) stays strict."""
+    saved = dcp.FileSystemReader(str(state_dir)).read_metadata().state_dict_metadata
+    state = st["optim"].get("state", {})
+    missing = [k for k, v in state.items() if any(f"optim.state.{k}.{leaf}" not in saved for leaf in v)]
+    if not missing:
+        return st
+    log.warning("%s: no optimizer state for %d parameters that had no gradient when it was saved (e.g. %s); "
+                "they start from a fresh state, as they would have", state_dir.parent, len(missing), missing[0])
+    optim = {**st["optim"], "state": {k: v for k, v in state.items() if k not in missing}}
+    return {**st, "optim": optim}
 
 
 def _fsync_dir(path: Path) -> None:

@@ -43,10 +43,11 @@ def local_counts(ce_weights: Tensor, num_mse: int, cfg: LossConfig) -> tuple[flo
 
 
 def micro_loss(ce: Tensor, mse: Tensor, ce_weights: Tensor, counts: StepCounts, cfg: LossConfig,
-               world_size: int) -> tuple[Tensor, float, float]:
+               world_size: int, unused: Tensor | float = 0.0) -> tuple[Tensor, float, float]:
     """(loss to back-propagate on this rank, local Σce·w, local Σmse) for one micro-batch.
 
-    ce [N_ce] per-token cross-entropy, mse [N_mse] per-token MSE (unreduced, from `LoomOutput`)."""
+    ce [N_ce] per-token cross-entropy, mse [N_mse] per-token MSE (unreduced, from `LoomOutput`); `unused` is
+    `LoomOutput.unused` (an exact 0 that gives the parameters this pack did not use a zero gradient)."""
     w = ce_weights.to(ce.device, ce.dtype) if cfg.ce_reweighting else torch.ones_like(ce)
     ce_sum = (ce * w).sum()
     mse_sum = mse.sum()
@@ -55,7 +56,7 @@ def micro_loss(ce: Tensor, mse: Tensor, ce_weights: Tensor, counts: StepCounts, 
         loss = loss + cfg.ce_weight * ce_sum / counts.ce
     if counts.mse > 0:
         loss = loss + cfg.mse_weight * mse_sum.to(loss.dtype) / counts.mse
-    return loss * world_size, float(ce_sum.detach()), float(mse_sum.detach())
+    return loss * world_size + unused, float(ce_sum.detach()), float(mse_sum.detach())
 
 
 def reported(ce_sum: float, mse_sum: float, counts: StepCounts, cfg: LossConfig) -> dict[str, float]:

@@ -63,6 +63,13 @@ def peak_memory_gb(device: torch.device) -> float:
     return rss / (2**30 if sys.platform == "darwin" else 2**20)
 
 
+def _step_of(line: str) -> int | None:
+    try:
+        return int(json.loads(line).get("step", 0))
+    except (ValueError, TypeError, AttributeError):
+        return None
+
+
 class MetricsSink:
     """Rank-0 sink: one JSON object per line in `metrics.jsonl`, a console line, and wandb if enabled."""
 
@@ -80,15 +87,20 @@ class MetricsSink:
                 log.warning("wandb unavailable (%s); continuing with metrics.jsonl only", e)
 
     def truncate_after(self, step: int) -> None:
-        """On resume, drop lines logged after the checkpoint (they will be produced again)."""
-        if not self.enabled or not self.path.exists():
+        """At start (resume from `step`, or 0 without a checkpoint), drop the lines of metrics.jsonl and
+        events.jsonl logged after `step`: those steps run again, so each step ends up logged exactly once. A
+        torn last line (killed mid-write) is dropped too."""
+        if not self.enabled:
             return
-        lines = [ln for ln in self.path.read_text().splitlines() if ln.strip()]
-        keep = [ln for ln in lines if json.loads(ln).get("step", 0) <= step]
-        if len(keep) != len(lines):
-            from ..config import atomic_write_text
+        from ..config import atomic_write_text
 
-            atomic_write_text(self.path, "".join(ln + "\n" for ln in keep))
+        for path in (self.path, self.path.with_name("events.jsonl")):
+            if not path.exists():
+                continue
+            lines = [ln for ln in path.read_text().splitlines() if ln.strip()]
+            keep = [ln for ln in lines if _step_of(ln) is not None and _step_of(ln) <= step]
+            if len(keep) != len(lines):
+                atomic_write_text(path, "".join(ln + "\n" for ln in keep))
 
     def write(self, rec: dict) -> None:
         if not self.enabled:

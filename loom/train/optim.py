@@ -16,6 +16,16 @@ AdamW's decoupled decay cannot move them either (entity rows are not decayed). C
 trainable delta table because it keeps the release key layout (export, checkpoints, FSDP sharding and
 `load_bagel` unchanged) at the cost of optimizer / EMA state for the full embedding and head (BAGEL-7B:
 2 × 152064 × 3584 rows, ≈ 4.4 GB fp32 per state, sharded under FSDP).
+
+Every trainable parameter steps every optimizer step (as BAGEL's FSDP1 flat parameters do): a parameter the
+step's samples did not use gets an exact-zero gradient (`Loom._unused`, `fill_missing_grads`), so Adam's step
+count and moments advance uniformly whatever the task mix, 1 process equals N processes, and the optimizer
+state exists for every parameter from the start (`init_optimizer_state`) — a checkpoint of any step, of any
+recipe (compose / style data never give `lm_head` a gradient), loads into a fresh optimizer.
+
+LoRA (`optim.lora`): peft adapters on the attention projections; Loom's own new parameters still train in full
+— the temporal table (`lora.full_params`) and the entity rows (row mask above) — so a LoRA run is not silently
+the "w/o Time Embedding" ablation. Exports merge the adapters with peft's `merge_and_unload`.
 """
 
 from __future__ import annotations
@@ -44,6 +54,9 @@ class LoraConfig:
     dropout: float = 0.0
     # regex over module names (peft full-match): all LLM attention projections of both experts
     target_modules: str = r".*language_model\.model\.layers\.\d+\.self_attn\.[qkvo]_proj(_moe_gen)?"
+    # parameter-name prefixes that train as full parameters next to the adapters (Loom's temporal table; the
+    # entity rows train through optim.train_entity_rows)
+    full_params: list[str] = field(default_factory=lambda: ["temporal_embed."])
 
 
 @dataclass
@@ -57,7 +70,10 @@ class OptimConfig:
     min_lr: float = 1e-7  # cosine floor
     max_grad_norm: float = 1.0  # 0 disables clipping
     grad_accum: int = 1  # micro-batches per optimizer step
-    global_batch_size: int = 0  # if > 0: samples per step; grad_accum = global / (ranks × data.batch_size)
+    # if > 0: exactly this many samples per optimizer step (all ranks): each rank takes global / ranks samples,
+    # packed into as many micro-batches of ≤ data.batch_size samples / data.max_tokens tokens as they need (the
+    # step log's `micro_batches`); grad_accum is then ignored
+    global_batch_size: int = 0
     freeze: FreezeConfig = field(default_factory=FreezeConfig)
     lora: LoraConfig = field(default_factory=LoraConfig)
     # entity-token rows of embed_tokens / lm_head stay trainable when freeze / LoRA freeze those tensors
@@ -79,37 +95,44 @@ def apply_freeze(model: nn.Module, cfg: FreezeConfig) -> list[str]:
     return frozen
 
 
-def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
-    """Inject LoRA adapters (peft) into the matching Linear layers and freeze everything else."""
+def _peft_config(cfg: LoraConfig):
     from peft import LoraConfig as PeftLoraConfig
+
+    return PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout,
+                          target_modules=cfg.target_modules)
+
+
+def apply_lora(model: nn.Module, cfg: LoraConfig) -> nn.Module:
+    """Inject LoRA adapters (peft) into the matching Linear layers and freeze everything else except the
+    `cfg.full_params` prefixes (the temporal table), which keep training in full."""
     from peft import inject_adapter_in_model
 
-    pc = PeftLoraConfig(r=cfg.r, lora_alpha=cfg.alpha, lora_dropout=cfg.dropout, target_modules=cfg.target_modules)
-    model = inject_adapter_in_model(pc, model)
+    full = {n for n, p in model.named_parameters()  # unless a freeze option froze them
+            if p.requires_grad and any(n.startswith(f) for f in cfg.full_params)}
+    model = inject_adapter_in_model(_peft_config(cfg), model)
     n = 0
     for name, p in model.named_parameters():
         is_lora = "lora_" in name
-        p.requires_grad_(is_lora)
+        p.requires_grad_(is_lora or name in full)
         n += is_lora
     if n == 0:
         raise ValueError(f"LoRA target_modules {cfg.target_modules!r} matched no module")
     return model
 
 
-def merge_lora_state_dict(sd: dict[str, torch.Tensor], cfg: LoraConfig) -> dict[str, torch.Tensor]:
-    """Fold `W + (alpha/r)·B·A` into plain weights and drop adapter keys: the export has release key names."""
-    out, scale = {}, cfg.alpha / cfg.r
-    for k, v in sd.items():
-        if "lora_" in k:
-            continue
-        if ".base_layer." in k:
-            prefix, leaf = k.split(".base_layer.")
-            if leaf == "weight":
-                a, b = sd[f"{prefix}.lora_A.default.weight"], sd[f"{prefix}.lora_B.default.weight"]
-                v = v + scale * (b.float() @ a.float()).to(v.dtype)
-            k = f"{prefix}.{leaf}"
-        out[k] = v
-    return out
+def merge_lora_state_dict(sd: dict[str, torch.Tensor], cfg: LoraConfig, model_cfg) -> dict[str, torch.Tensor]:
+    """Release-layout weights from a LoRA state dict, merged by peft's `merge_and_unload` (W + (alpha/r)·B·A).
+    The adapters are re-attached to a meta-device `Loom` that takes `sd`'s tensors by reference (no second copy
+    of a 7B model); `safe_merge` writes merged copies, so `sd` — possibly the live weights — is never changed."""
+    from peft.tuners.lora import LoraModel
+
+    from ..model.loom import Loom
+
+    with torch.device("meta"):
+        base = Loom(model_cfg)
+    lm = LoraModel(base, _peft_config(cfg), "default")
+    lm.model.load_state_dict(sd, strict=True, assign=True)
+    return {k: v for k, v in lm.merge_and_unload(safe_merge=True).state_dict().items()}
 
 
 VOCAB_PARAMS = ("language_model.model.embed_tokens.weight", "language_model.lm_head.weight")
@@ -169,6 +192,50 @@ def trainable_parameters(model: nn.Module) -> list[tuple[str, nn.Parameter]]:
     return [(n, p) for n, p in model.named_parameters() if p.requires_grad]
 
 
+def trainable_groups(model: nn.Module, row_masks: dict[str, torch.Tensor]) -> dict[str, int]:
+    """{group: trainable element count} for the start-of-run log: LoRA adapters, each top-level module trained
+    in full, and the row-masked vocabulary tensors counted by their trainable (entity) rows only."""
+    out: dict[str, int] = {}
+    for name, p in trainable_parameters(model):
+        if "lora_" in name:
+            key, n = "LoRA adapters", p.numel()
+        elif name in row_masks:
+            key, n = "entity rows (row-masked embed_tokens / lm_head)", int(row_masks[name].sum()) * p[0].numel()
+        else:
+            key, n = name.split(".")[0], p.numel()
+        out[key] = out.get(key, 0) + n
+    return out
+
+
+@torch.no_grad()
+def init_optimizer_state(opt: torch.optim.Optimizer) -> None:
+    """Create the optimizer's state for every parameter now, exactly as its lazy first step would (one step on
+    zero gradients at lr 0, then the step counters reset to 0) — the optimizer's own code picks dtype, device
+    and layout (DTensor shards under FSDP). Saved state then always covers every parameter."""
+    saved = []
+    for group in opt.param_groups:
+        saved.append(group["lr"])
+        group["lr"] = 0.0
+        for p in group["params"]:
+            p.grad = torch.zeros_like(p)
+    opt.step()
+    for group, lr in zip(opt.param_groups, saved):
+        group["lr"] = lr
+    opt.zero_grad(set_to_none=True)
+    for st in opt.state.values():
+        if torch.is_tensor(st.get("step")):
+            st["step"].zero_()
+        elif "step" in st:
+            st["step"] = 0
+
+
+def fill_missing_grads(params: list[torch.Tensor]) -> None:
+    """Exact-zero gradients for parameters no sample of the step used (see the module docstring)."""
+    for p in params:
+        if p.grad is None:
+            p.grad = torch.zeros_like(p)
+
+
 def build_optimizer(model: nn.Module, cfg: OptimConfig, no_decay: set[str] | frozenset[str] = frozenset()
                     ) -> torch.optim.Optimizer:
     """AdamW over the trainable parameters; `no_decay` names (row-masked vocabulary tensors) get weight_decay 0
@@ -181,11 +248,18 @@ def build_optimizer(model: nn.Module, cfg: OptimConfig, no_decay: set[str] | fro
     if nd:
         groups.append({"params": nd, "weight_decay": 0.0})
     groups = [g for g in groups if g["params"]]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    opt = torch.optim.AdamW(groups, lr=cfg.lr, betas=tuple(cfg.betas), eps=cfg.eps, weight_decay=cfg.weight_decay)
+    init_optimizer_state(opt)
+    return opt
 
 
 def lr_lambda(cfg: OptimConfig, total_steps: int):
-    """Multiplier of the base LR at optimizer step s (0-based); stepped once per optimizer step."""
+    """Multiplier of the base LR at optimizer step s (0-based); stepped once per optimizer step.
+
+    Hand-written, not `transformers.get_scheduler`: transformers' (BAGEL's) warm-up is s / W (its first step runs
+    at lr 0) where this one is (s + 1) / W, so they differ during a warm-up and existing runs (the shapes demo
+    warms up 60 steps) would change; without a warm-up — every paper recipe — both give the same LRs
+    (tests/train/test_optim.py)."""
 
     def f(s: int) -> float:
         if cfg.warmup_steps > 0 and s < cfg.warmup_steps:

@@ -55,9 +55,12 @@ from .optim import (
     apply_lora,
     build_optimizer,
     build_scheduler,
+    fill_missing_grads,
     merge_lora_state_dict,
+    trainable_groups,
     unfreeze_entity_rows,
 )
+from .sampling import sampling_model
 
 log = logging.getLogger("loom.train")
 _DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16}
@@ -173,18 +176,18 @@ class Trainer:
                      if cfg.optim.train_entity_rows else {})
         if row_masks:
             log.info("entity rows of %s stay trainable under the freeze (row gradient mask)", ", ".join(row_masks))
-        n_train = sum(p.numel() for p in model.parameters() if p.requires_grad)
-        n_all = sum(p.numel() for p in model.parameters())
-        log.info("model %s: %.2fM params, %.2fM trainable (%d tensors frozen)", cfg.model.init, n_all / 1e6,
-                 n_train / 1e6, sum(not p.requires_grad for p in model.parameters()))
+        self._log_trainable(model, row_masks)
 
-        world, bs = self.info.world_size, cfg.data.batch_size
-        self.grad_accum = cfg.optim.grad_accum
+        world = self.info.world_size
+        self.grad_accum, self.samples_per_step = cfg.optim.grad_accum, 0
         if cfg.optim.global_batch_size > 0:
-            if cfg.optim.global_batch_size % (world * bs):
+            if cfg.optim.global_batch_size % world:
                 raise ValueError(f"optim.global_batch_size={cfg.optim.global_batch_size} is not a multiple of "
-                                 f"ranks × data.batch_size = {world} × {bs}")
-            self.grad_accum = cfg.optim.global_batch_size // (world * bs)
+                                 f"the {world} ranks")
+            self.samples_per_step = cfg.optim.global_batch_size // world
+            log.info("optim.global_batch_size=%d: %d samples per rank per step, packed into micro-batches of "
+                     "≤ %d samples / %d tokens (optim.grad_accum ignored)", cfg.optim.global_batch_size,
+                     self.samples_per_step, cfg.data.batch_size, cfg.data.max_tokens)
 
         self.model = parallel.apply_parallel(model, cfg.parallel, self.info)
         self.vae = self.vae.to(self.info.device)
@@ -202,7 +205,7 @@ class Trainer:
                                     (self.model_cfg.max_frames, self.model_cfg.max_references))
         ensure_vit = self.info.distributed and self.model_cfg.visual_und
         self.loader = ResumableLoader(sources, cfg.data, self.tokens, self.geometry, self.info.rank, world,
-                                      ensure_vit=ensure_vit)
+                                      ensure_vit=ensure_vit, samples_per_step=self.samples_per_step)
 
         self.sink = MetricsSink(self.run_dir, cfg.log, cfg.run.name or self.run_dir.name, to_dict(cfg),
                                 self.info.is_main)
@@ -214,12 +217,14 @@ class Trainer:
         self._sample_warned = False
         self._eval_warned = False
         self._resumed_step = -1
+        self._skipped: dict[str, list[str]] = {"corrupt": [], "too_long": []}  # sources, for the end summary
         self._resume()
 
     # ---- resume / save / export ------------------------------------------------------------------------------
     def _resume(self) -> None:
         path = self._resume_path
-        if path is None:
+        if path is None:  # a rerun killed before its first checkpoint logged steps that run again
+            self.sink.truncate_after(0)
             return
         st = self.ckpt.load(path, self.model, self.optimizer, self.ema)
         self.step = st["step"]
@@ -255,7 +260,7 @@ class Trainer:
                 if self.info.is_main:
                     sd[name] = full
         if self.cfg.optim.lora.enabled and self.info.is_main:
-            sd = merge_lora_state_dict(sd, self.cfg.optim.lora)
+            sd = merge_lora_state_dict(sd, self.cfg.optim.lora, self.model_cfg)
         return sd
 
     def export(self) -> Path | None:
@@ -301,7 +306,8 @@ class Trainer:
             parallel.set_gradient_sync(self.model, i == len(micro) - 1)
             with parallel.autocast(info, cfg.parallel):
                 out = self.model(batch, x0, timestep_shift=cfg.loss.timestep_shift)
-            loss, cs, ms = micro_loss(out.ce, out.mse, batch.ce_loss_weights, counts, cfg.loss, info.world_size)
+            loss, cs, ms = micro_loss(out.ce, out.mse, batch.ce_loss_weights, counts, cfg.loss, info.world_size,
+                                      out.unused)
             if parallel.all_reduce_max([0.0 if math.isfinite(float(loss.detach())) else 1.0], info)[0] > 0:
                 bad = True
                 log.warning("step %d: non-finite loss (sources: %s); skipping the step", self.step + 1,
@@ -314,6 +320,7 @@ class Trainer:
             len_sq += sum(n * n for n in batch.sample_lens)
         grad_norm = float("nan")
         if not bad:
+            fill_missing_grads(self.params)  # every parameter steps every step (see loom.train.optim)
             if self.row_mask:
                 self.row_mask()  # frozen vocabulary tensors: only the entity rows keep their gradient
             grad_norm = parallel.clip_grad_norm(self.params, cfg.optim.max_grad_norm)
@@ -344,18 +351,62 @@ class Trainer:
         s = parallel.all_reduce_sum([ce_sum, mse_sum, tokens, len_sq, samples], info)
         rec = reported(s[0], s[1], counts, cfg.loss)
         rec.update(grad_norm=grad_norm, tokens=s[2], len_sq=s[3], samples=s[4], skipped=bad,
-                   ce_tokens=counts.ce, mse_tokens=counts.mse)
+                   ce_tokens=counts.ce, mse_tokens=counts.mse, micro_batches=len(micro))
         return rec
+
+    # ---- data: micro-batches, skipped samples -----------------------------------------------------------------
+    def _next_micro_batches(self) -> list[TrainBatch]:
+        """This rank's micro-batches of the next step. With `optim.global_batch_size` the count varies with the
+        token budget; under FSDP every rank then pads to the largest count with loss-free filler packs."""
+        micro = self.loader.next_step(self.grad_accum)
+        if self.samples_per_step and self.info.distributed:
+            n = int(parallel.all_reduce_max([len(micro)], self.info)[0])
+            micro += [self.loader.filler() for _ in range(n - len(micro))]
+        return micro
+
+    def _record_skips(self, micro: list[TrainBatch]) -> tuple[int, int]:
+        """Write every rank's skip events of this step to events.jsonl (rank 0), then stop with a one-line
+        DataError past data.max_bad_samples / max_too_long_samples. Returns the all-rank (corrupt, too long)
+        totals."""
+        cfg, info = self.cfg, self.info
+        events = [{**e, "step": self.step + 1, "rank": info.rank} for tb in micro for e in tb.events]
+        bad, too_long, n_events = parallel.all_reduce_sum(
+            [self.loader.num_bad, self.loader.num_too_long, len(events)], info)
+        if n_events:
+            for rank_events in parallel.gather_objects(events, info):
+                for e in rank_events:
+                    self.sink.event(e)
+                    if e.get("kind") in self._skipped:
+                        self._skipped[e["kind"]].append(e["source"])
+        where = self.run_dir / "events.jsonl"
+        for what, n, limit in (("corrupt", bad, cfg.data.max_bad_samples),
+                               ("too long", too_long, cfg.data.max_too_long_samples)):
+            if n > limit:
+                key = "max_bad_samples" if what == "corrupt" else "max_too_long_samples"
+                raise DataError(f"{int(n)} {what} samples skipped on all ranks > data.{key}={limit}: stopping; "
+                                f"the list (manifest:line:id and reason per sample) is in {where}")
+        return int(bad), int(too_long)
+
+    def _log_skip_summary(self) -> None:
+        """End of run: name the samples this run skipped (the full list is in events.jsonl)."""
+        for kind, sources in self._skipped.items():
+            if sources:
+                more = f" … and {len(sources) - 10} more" if len(sources) > 10 else ""
+                log.warning("%d %s samples skipped this run: %s%s (all in %s)", len(sources), kind.replace("_", " "),
+                            ", ".join(sources[:10]), more, self.run_dir / "events.jsonl")
+
+    def _log_trainable(self, model: nn.Module, row_masks: dict[str, torch.Tensor]) -> None:
+        n_all = sum(p.numel() for p in model.parameters())
+        groups = trainable_groups(model, row_masks)
+        log.info("model %s: %.2fM params, %.2fM trainable (%d tensors frozen)", self.cfg.model.init, n_all / 1e6,
+                 sum(groups.values()) / 1e6, sum(not p.requires_grad for p in model.parameters()))
+        for name, n in groups.items():
+            log.info("  trains %-48s %12d params", name, n)
 
     # ---- hooks -----------------------------------------------------------------------------------------------
     def maybe_sample(self) -> None:
         sc = self.cfg.sample
         if sc.every <= 0 or self.step % sc.every:
-            return
-        if self.info.distributed:
-            if not self._sample_warned:
-                log.warning("sample generation under FSDP is not supported yet; skipping (use an export)")
-                self._sample_warned = True
             return
         try:
             fn = _import(sc.fn)
@@ -364,22 +415,19 @@ class Trainer:
                 log.warning("sample hook %s unavailable (%s); skipping sample generation", sc.fn, e)
                 self._sample_warned = True
             return
-        ctx = self.ema.swapped_in(self.model) if sc.use_ema and self.ema else contextlib.nullcontext()
         options = {"build": self.build_config, "task": sc.task, "num_timesteps": sc.num_timesteps,
                    "resolution": sc.resolution, "max_plan_tokens": sc.max_plan_tokens}
         params = inspect.signature(fn).parameters
         if not any(p.kind is inspect.Parameter.VAR_KEYWORD for p in params.values()):
             options = {k: v for k, v in options.items() if k in params}
         try:
-            self.model.eval()
-            with ctx, torch.no_grad(), preserved_rng():
-                # writes <run.dir>/samples/step-XXXXXXX/<prompt folder>/
-                fn(model=self.model, vae=self.vae, tokenizer=self.tokenizer, prompts=list(sc.prompts),
-                   out_dir=self.run_dir / "samples", step=self.step, seed=sc.seed, **options)
+            # under FSDP: a rank-0 copy from the gathered weights (loom.train.sampling); other ranks get None
+            with sampling_model(self, sc.use_ema) as model, torch.no_grad(), preserved_rng():
+                if model is not None:  # writes <run.dir>/samples/step-XXXXXXX/<prompt folder>/
+                    fn(model=model, vae=self.vae, tokenizer=self.tokenizer, prompts=list(sc.prompts),
+                       out_dir=self.run_dir / "samples", step=self.step, seed=sc.seed, **options)
         except Exception as e:  # sampling must never stop training
             log.warning("sample generation failed at step %d: %s", self.step, e)
-        finally:
-            self.model.train()
 
     def maybe_eval(self) -> None:
         """`eval.fn` every `eval.every` steps on rank 0 (EMA weights by default); scores → metrics.jsonl."""
@@ -424,14 +472,8 @@ class Trainer:
         try:
             console.enter_context(progress.redirect_logging())
             while self.step < cfg.run.total_steps:
-                micro = [next(self.loader) for _ in range(self.grad_accum)]
-                for tb in micro:
-                    for e in tb.events:
-                        self.sink.event({**e, "step": self.step + 1, "rank": info.rank})
-                bad_total = parallel.all_reduce_sum([self.loader.num_bad], info)[0]
-                if bad_total > cfg.data.max_bad_samples:
-                    raise DataError(f"{int(bad_total)} corrupt samples skipped on all ranks > data.max_bad_samples"
-                                    f"={cfg.data.max_bad_samples}; see {self.run_dir / 'events.jsonl'}")
+                micro = self._next_micro_batches()
+                bad_total, too_long_total = self._record_skips(micro)  # events first, then the thresholds
                 rec = self.train_step(micro)
                 self.step += 1
                 self.num_samples += int(rec["samples"])
@@ -449,7 +491,8 @@ class Trainer:
                         "mfu": flops / dt / 1e12 / (peak * info.world_size) if peak > 0 else 0.0,
                         "mem_gb": mem, "samples": self.num_samples, "ce_tokens": rec["ce_tokens"],
                         "mse_tokens": rec["mse_tokens"], "skipped_steps": self.num_nonfinite,
-                        "bad_samples": int(bad_total), "too_long": self.loader.num_too_long,
+                        "bad_samples": bad_total, "too_long": too_long_total,
+                        "micro_batches": rec["micro_batches"], "step_samples": int(rec["samples"]),
                         "total_steps": cfg.run.total_steps,
                     })
                     window = {"tokens": 0.0, "len_sq": 0.0, "t0": time.perf_counter()}
@@ -483,5 +526,6 @@ class Trainer:
             console.close()
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
+            self._log_skip_summary()
             self.sink.close()
         return {"status": status, "step": self.step, **{k: rec.get(k) for k in ("loss", "ce", "mse")}}

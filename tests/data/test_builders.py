@@ -55,7 +55,7 @@ def test_tutorial_instance_diagram(tok, folder):
     ctx = ctx_for(tok, folder, k_max=2, rotate_history=False)
     plans = build_plans(tutorial(), ctx, random.Random(0))
     assert [p.source.rsplit("#", 1)[1] for p in plans] == [f"frame{t}" for t in range(1, 7)]  # one per frame
-    assert plans[0].source.endswith("m.jsonl:3:tut#frame1")
+    assert plans[0].source.endswith("m.jsonl:4:tut#frame1")  # `_row` 3 (0-based index) is line 4
     p6 = plans[5]
     assert [it.name for it in p6.items] == [
         "scaffold", "input1/vae", "input1/vit", "plan", "history1/vae", "history1/vit",
@@ -204,11 +204,11 @@ def test_errors_name_the_sample(tok, folder):
     ctx = ctx_for(tok, folder)
     bad = tutorial()
     bad["frames"] = bad["frames"][:4]
-    with pytest.raises(SampleError, match=r"m\.jsonl:3:tut: .*more steps than images"):
+    with pytest.raises(SampleError, match=r"m\.jsonl:4:tut: .*more steps than images"):
         build_plans(bad, ctx, random.Random(0))
     missing = tutorial()
     missing["frames"][2] = "nope.png"
-    with pytest.raises(SampleError, match=r":3:tut#?.*nope\.png"):
+    with pytest.raises(SampleError, match=r":4:tut#?.*nope\.png"):
         build_plans(missing, ctx, random.Random(0))
     unparsable = {**tutorial(2), "plan": "just a sentence"}
     with pytest.raises(SampleError, match="plan unparsable"):

@@ -11,6 +11,7 @@ import pytest
 from PIL import Image
 
 from loom.data.manifest import Manifest, ManifestSource, build_config, image_refs, load_image
+from loom.data.records import ImageError
 
 ROOT = Path(__file__).resolve().parents[2]
 EXAMPLES = ROOT / "data" / "examples"
@@ -31,7 +32,7 @@ def test_jsonl_rows_and_relative_images():
     img = m.load_image(rec["frames"][0])
     assert img.size == (48, 48)
     assert image_refs(m.row(2)) == ["images/red_circle.png", "images/blue_square.png", "images/red_and_blue.png"]
-    assert m.source(3).endswith("manifest.jsonl:3")
+    assert m.source(3).endswith("manifest.jsonl:4")  # row index 3 is line 4: sources are 1-based lines
 
 
 def test_parquet_with_image_bytes(tmp_path):
@@ -63,9 +64,9 @@ def test_image_reference_forms(tmp_path):
     assert load_image(_png()).size == (20, 12)
     assert load_image({"bytes": None, "path": "a.png"}, tmp_path).size == (20, 12)
     (tmp_path / "bad.png").write_bytes(b"\x89PNG\r\n\x1a\nnot really")
-    with pytest.raises(OSError):
+    with pytest.raises(ImageError, match="'bad.png' cannot be decoded"):
         load_image("bad.png", tmp_path)
-    with pytest.raises(FileNotFoundError, match="missing.png"):
+    with pytest.raises(ImageError, match="missing.png"):
         load_image("missing.png", tmp_path)
 
 
@@ -90,7 +91,7 @@ def test_manifest_source_builds_every_task():
     counts = [len(src.plans(i, random.Random(0))) for i in range(len(src))]
     assert counts == [4, 3, 1, 1, 1, 1, 1, 1]  # a tutorial gives one instance per target frame
     plan = src.plans(6, random.Random(0))[0]  # edit
-    assert "manifest.jsonl:6" in plan.source
+    assert plan.source.endswith("manifest.jsonl:7:edit-0")  # manifest:line:id, line 1-based
     assert [it.type for it in plan.items if it.loss] == ["vae_image"]
 
 
@@ -107,7 +108,7 @@ def _validate(*args) -> tuple[int, str]:
 
 def test_validate_cli_ok_and_errors(tmp_path):
     rc, out = _validate(EXAMPLES / "manifest.jsonl", "--train-config", ROOT / "configs/train/tiny_cpu.yaml")
-    assert rc == 0 and "8 rows" in out and "8 ok, 0 errors" in out and "13 instances" in out
+    assert rc == 0 and "8 rows" in out and "8 ok, 0 with errors; issues: 0 errors" in out and "13 instances" in out
     # break the copy: a missing frame, an undecodable image, a plan/frame mismatch, a too-long budget
     d = tmp_path / "m"
     shutil.copytree(EXAMPLES, d)
@@ -123,8 +124,8 @@ def test_validate_cli_ok_and_errors(tmp_path):
     by_row = {}
     for e in rep["errors"]:
         by_row.setdefault(e["source"].split(":")[-2], []).append(e["message"])
-    assert "nope.png" in " ".join(by_row["0"])
-    assert "1" in by_row  # 2 plan steps for 3 frames
-    assert any("green_triangle" in m for m in by_row["5"]) and any("green_triangle" in m for m in by_row["7"])
-    assert any("max_tokens_per_sample = 400" in m for m in by_row["3"])
+    assert "nope.png" in " ".join(by_row["1"])  # 1-based lines
+    assert "2" in by_row  # 2 plan steps for 3 frames
+    assert any("green_triangle" in m for m in by_row["6"]) and any("green_triangle" in m for m in by_row["8"])
+    assert any("max_tokens_per_sample = 400" in m for m in by_row["4"])
     assert rep["num_records"] == 8 and rep["num_ok"] == 8 - len(by_row)

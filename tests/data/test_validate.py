@@ -56,7 +56,7 @@ def test_report_names_each_bad_sample(tmp_path, tok):
     for issue in rep.errors:
         by_id.setdefault(issue.source.rsplit(":", 1)[1], []).append(issue.message)
     assert set(by_id) == {"more-steps", "missing-file", "unparsable", "corrupt", "bad-task"}
-    assert rep.errors[0].source == f"{path}:1:more-steps"
+    assert rep.errors[0].source == f"{path}:2:more-steps"  # line 2 of the file
     assert "more steps than images: 4 plan steps but 3 frames" in by_id["more-steps"][0]
     assert "gone.png" in by_id["missing-file"][0]
     assert "plan unparsable" in by_id["unparsable"][0]
@@ -65,7 +65,7 @@ def test_report_names_each_bad_sample(tmp_path, tok):
     assert "<objekt>" in warn["typo"] and "truncated to N_max = 6" in warn["long"]
     assert rep.num_records == 9 and rep.num_ok == 4 and not rep.ok
     assert rep.num_instances == 3 + 1 + 1 + 6  # good: one per frame; long: truncated to 6
-    assert rep.tasks["tutorial"] == 6 and "5 errors" in rep.summary()
+    assert rep.tasks["tutorial"] == 6 and "4 ok, 5 with errors; issues: 5 errors, 2 warnings" in rep.summary()
     with pytest.raises(SampleError, match="more-steps"):
         rep.raise_if_errors()
 
@@ -106,3 +106,46 @@ def test_cli_registers_entity_tokens(tmp_path, tok):
     pieces = sum(len(load_tokenizer("tests/fixtures/bagel-tiny").encode(t, add_special_tokens=False)) - 1
                  for t in ("<object>", "<scene>"))
     assert pieces > 0 and plain.max_tokens - d["max_tokens"] == pieces
+
+
+def test_duplicate_ids_escaping_paths_numeric_ids_and_counts(tmp_path, tok):
+    Image.new("RGB", (64, 64)).save(tmp_path / "outside.png")
+    data = tmp_path / "data"
+    data.mkdir()
+    t2i = {"task": "t2i", "prompt": "a square", "targets": ["f1.png"]}
+    rows = [{**t2i, "id": "a"}, {**t2i, "id": "a"},  # duplicate
+            {**t2i, "id": "b", "targets": ["../outside.png"]},  # escapes the data root
+            {**t2i, "id": "c", "targets": [str(tmp_path / "outside.png")]},  # absolute
+            {**t2i, "id": 5},  # numeric id
+            {**t2i, "id": "d", "targets": ["../outside.png", "gone.png"]}]  # three errors, one row
+    path = write_manifest(data, rows)
+    rep = validate_manifest(path, tok, BuildConfig(), GEOM)
+    errs = {(i.source, i.message) for i in rep.errors}
+    assert (f"{path}:2:a", f"duplicate id 'a' (first used at {path}:1:a)") in errs
+    assert any(s == f"{path}:3:b" and "leaves the data root" in m for s, m in errs)
+    assert any(s == f"{path}:4:c" and "is absolute" in m for s, m in errs)
+    assert any(s == f"{path}:5:5" and "'id' is the number 5" in m for s, m in errs)
+    assert rep.num_records == 6 and rep.num_ok == 1 and len(rep.errors) == 7  # rows and issues counted apart
+    assert "6 rows (t2i 6): 1 ok, 5 with errors; issues: 7 errors, 0 warnings" in rep.summary()
+    # explicit opt-ins: a wider root, absolute paths
+    lenient = validate_manifest(path, tok, BuildConfig(), GEOM, root=tmp_path, allow_absolute_paths=True)
+    assert {i.source for i in lenient.errors} == {f"{path}:2:a", f"{path}:5:5", f"{path}:6:d"}
+
+
+def test_cli_prints_1_based_lines_and_each_source_once(tmp_path):
+    from loom.data.__main__ import main
+
+    path = write_manifest(tmp_path, [GOOD, {**GOOD, "id": "two"}])
+    with open(path, "a") as f:
+        f.write("\n{not json\n")  # a blank line (line 3), then invalid JSON on line 4
+    import contextlib
+    import io
+
+    buf = io.StringIO()
+    with contextlib.redirect_stdout(buf):
+        assert main(["validate", str(path)]) == 1
+    out = buf.getvalue()
+    bad = [ln for ln in out.splitlines() if ln.strip().startswith("error:")]
+    assert len(bad) == 1 and bad[0].strip().startswith(f"error: {path}:4: invalid JSON"), out
+    assert bad[0].count(str(path)) == 1  # the file prefix once per message
+    assert "3 rows" in out and "2 ok, 1 with errors" in out

@@ -131,7 +131,9 @@ def test_omnicontext_inserts_entity_tokens(tmp_path):
     assert rows["omnicontext-split"]["prompt"] == (
         "Extract every subject of <image 1>. Output order: the <model>, the <upper>.")
     assert rows["omnicontext-s1"]["prompt"] == "Put <image 1> next to <image 2> (s1)"  # no categories: unchanged
-    rep = validate_manifest(out / "train.jsonl")
+    # the rows reference the source images in place (../omni/…): their data root is the common folder
+    assert validate_manifest(out / "train.jsonl").errors  # outside the default root (the manifest's folder)
+    rep = validate_manifest(out / "train.jsonl", root=tmp_path)
     assert not rep.errors and not [w for w in rep.warnings if "unknown tag" in w.message]
 
 

@@ -114,3 +114,66 @@ def test_corrupt_samples_are_skipped_logged_counted(tmp_path):
     cfg = make_cfg(tmp_path / "r2", "run.total_steps=20", "data.batch_size=1", "data.max_bad_samples=2")
     with pytest.raises(DataError, match="corrupt samples"):
         Trainer(cfg, {"p": _Flaky([tiny_plan(i) for i in range(4)], bad=[0, 1, 2])}).run()
+
+
+def test_bad_sample_threshold_writes_events_first(tmp_path):
+    """The skips that cross data.max_bad_samples are in events.jsonl before the one-line stop (they were lost)."""
+    run = tmp_path / "r"
+    cfg = make_cfg(run, "run.total_steps=20", "data.batch_size=1", "data.max_bad_samples=2")
+    with pytest.raises(DataError) as e:
+        Trainer(cfg, {"p": _Flaky([tiny_plan(i) for i in range(4)], bad=[0, 1, 2])}).run()
+    msg = str(e.value)
+    assert "\n" not in msg and "3 corrupt samples" in msg and "data.max_bad_samples=2" in msg
+    assert str(run / "events.jsonl") in msg
+    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert [x["source"] for x in ev] == ["flaky:0", "flaky:1", "flaky:2"]
+
+
+def test_cli_bad_data_stop_is_one_line_without_traceback(tmp_path):
+    from tests.data.test_bad_inputs import bad_manifest
+
+    path, _ = bad_manifest(tmp_path / "d")
+    run = tmp_path / "run"
+    src = (f"data.sources.m.path={path}", "data.max_tokens=2048", "data.max_tokens_per_sample=2048")
+    y = tmp_path / "base.yaml"
+    y.write_text("run: {total_steps: 1}\n")
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    r = subprocess.run([sys.executable, "-m", "loom.train", str(y),
+                        *tiny_overrides(run, "run.total_steps=5", "data.max_bad_samples=6", sources=src)],
+                       cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 1, r.stderr[-2000:]
+    assert "Traceback" not in r.stderr
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    assert len(err) == 1 and "corrupt samples skipped" in err[0] and "data.max_bad_samples=6" in err[0]
+    assert str(run / "events.jsonl") in err[0]
+    ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
+    assert len(ev) > 6 and all(e["kind"] == "corrupt" for e in ev)
+    bomb = [e for e in ev if "DecompressionBombError" in e["error"]]
+    assert bomb and bomb[0]["source"] == f"{path}:7:bomb"  # manifest:line:id
+
+
+class _Buggy(ListSource):
+    def plans(self, row: int, rng: random.Random):
+        if row == 1:
+            raise TypeError("'NoneType' object is not subscriptable")  # a bug, not bad data
+        return super().plans(row, rng)
+
+
+def test_programming_error_stops_the_run_with_its_traceback(tmp_path):
+    cfg = make_cfg(tmp_path / "r", "run.total_steps=3", "data.batch_size=1", "checkpoint.export_at_end=false")
+    with pytest.raises(TypeError, match="not subscriptable"):
+        Trainer(cfg, {"p": _Buggy([tiny_plan(i) for i in range(3)])}).run()
+    assert not (tmp_path / "r" / "events.jsonl").exists()  # not counted as a corrupt sample
+
+
+def test_too_long_samples_count_against_a_threshold_and_are_named(tmp_path):
+    plans = [tiny_plan(0), tiny_plan(1, text_len=600, source="long:1"), tiny_plan(2), tiny_plan(3, text_len=600,
+                                                                                              source="long:3")]
+    cfg = make_cfg(tmp_path / "r", "run.total_steps=3", "data.batch_size=1", "checkpoint.export_at_end=false")
+    Trainer(cfg, {"p": ListSource(plans)}).run()
+    log = (tmp_path / "r" / "logs" / "train-rank00000.log").read_text()
+    assert "2 too long samples skipped this run: long:1, long:3" in log
+    assert [r["too_long"] for r in read_metrics(tmp_path / "r")] == [0, 1, 2]
+    cfg = make_cfg(tmp_path / "r2", "run.total_steps=5", "data.batch_size=1", "data.max_too_long_samples=1")
+    with pytest.raises(DataError, match=r"2 too long samples skipped on all ranks > data.max_too_long_samples=1"):
+        Trainer(cfg, {"p": ListSource(plans)}).run()

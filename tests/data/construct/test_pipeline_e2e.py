@@ -183,7 +183,7 @@ def test_videos_to_training_manifest(tmp_path, fake_server, tiny_clip_dir, capsy
                  "log.every=1", "data.max_tokens=4096", "data.max_tokens_per_sample=2048"]
     tiny = str(ROOT / "configs" / "train" / "tiny_cpu.yaml")
     assert data_main(["validate", str(out), "--train-config", tiny, *overrides]) == 0
-    assert "3 rows (tutorial 3), 3 ok, 0 errors" in capsys.readouterr().out
+    assert "3 rows (tutorial 3): 3 ok, 0 with errors; issues: 0 errors" in capsys.readouterr().out
     from loom.train.__main__ import main as train_main
 
     assert train_main([tiny, *overrides]) == 0
