@@ -123,7 +123,7 @@ def run_demo_ab(steps: int, reps: int, threads: int) -> list[dict]:
             _, tcfg, _ = prepare(cfg, root / f"v{i}", data_root=root / "world", log=lambda _: None)
             trainers[name] = _BenchTrainer(tcfg)
         first = next(iter(trainers.values()))
-        packs = [[next(first.loader) for _ in range(first.grad_accum)] for _ in range(steps + 3)]
+        packs = [first.loader.next_step(first.grad_accum) for _ in range(steps + 3)]
         for tr in trainers.values():  # warm-up on the first packs
             for micro in packs[:3]:
                 tr.train_step(micro)
