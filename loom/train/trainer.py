@@ -123,6 +123,7 @@ def _setup_logging(run_dir: Path, rank: int, level: str = "info") -> None:
     for h in list(root.handlers):
         if getattr(h, "_loom", False):
             root.removeHandler(h)
+            h.close()  # the previous run's log file
     fmt = logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     fh = logging.FileHandler(run_dir / "logs" / f"train-rank{rank:05d}.log")
     sh = logging.StreamHandler()

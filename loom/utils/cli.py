@@ -44,8 +44,7 @@ def clean_warnings(prog: str):
         seen.add(text)
         print(f"{prog}: warning: {text}", file=file or sys.stderr, flush=True)
 
-    with warnings.catch_warnings():
-        warnings.simplefilter("default")
+    with warnings.catch_warnings():  # Python's own filters stay (ResourceWarning etc. remain hidden)
         warnings.filterwarnings("ignore", category=DeprecationWarning)
         warnings.filterwarnings("ignore", category=FutureWarning)
         warnings.showwarning = show

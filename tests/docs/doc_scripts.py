@@ -128,7 +128,7 @@ def run_api_example(s: Session, cmd) -> None:
     finally:
         LoomPipeline.from_pretrained = classmethod(real_fp)
         LoomPipeline.__call__ = real_call
-    assert (s.ws / "out/crane/result.json").is_file() and (s.ws / "step_1.png").is_file()
+    assert (s.ws / "out/crane-api/result.json").is_file() and (s.ws / "step_1.png").is_file()
 
 
 def _t2i_parquet_inputs(s: Session) -> None:
