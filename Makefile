@@ -20,7 +20,7 @@ $(BIN)/python:
 	$(BIN)/pip install -q $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) )torch==$(TORCH_VERSION)
 
 $(VENV)/.installed: $(BIN)/python pyproject.toml
-	$(BIN)/pip install -q -e ".[dev]"
+	$(BIN)/pip install -q -e ".[dev,data]"
 	touch $@
 
 setup: $(VENV)/.installed

@@ -41,6 +41,9 @@ class SourceConfig:
     split: str = "train"  # HF datasets split
     num_rows: int = 64  # synthetic only: rows in the source
     image_size: int = 32  # synthetic only: VAE image side in pixels
+    # BuildConfig overrides for this source only, merged over data.build (e.g. the same tutorial manifest once as
+    # frame instances and once as plan-only instances: {frames_per_visit: 0})
+    build: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,10 +59,18 @@ class DataConfig:
     text_cond_dropout: float = 0.1  # BAGEL ModelArguments defaults (bagel-spec §4.2)
     vit_cond_dropout: float = 0.3
     vae_cond_dropout: float = 0.3
+    # per sample, drop ALL CFG-eligible texts / ALL eligible images together (exclusive): the exact contexts of
+    # the inference CFG branches (loom.data.packing); 0 = per-item dropout only (BAGEL)
+    whole_text_cond_dropout: float = 0.0
+    whole_image_cond_dropout: float = 0.0
     # overrides of loom.data.builders.BuildConfig (resolution rules, K_max, N_max, ablations); its own dropout
     # fields are unused by the trainer: the *_cond_dropout values above apply
     build: dict[str, Any] = field(default_factory=dict)
     max_bad_samples: int = 100  # stop when more corrupt samples than this were skipped (all ranks)
+
+    def cond_dropout(self) -> CondDropout:
+        return CondDropout(self.text_cond_dropout, self.vit_cond_dropout, self.vae_cond_dropout,
+                           self.whole_text_cond_dropout, self.whole_image_cond_dropout)
 
 
 class DataError(RuntimeError):
@@ -155,8 +166,8 @@ def build_sources(cfg: DataConfig, tokenizer, tokens: SpecialTokens, geometry: P
         else:
             from .manifest import ManifestSource
 
-            out[name] = ManifestSource(sc.path, sc.format, sc.split, tokenizer, tokens, cfg.build, geometry,
-                                       model_slots)
+            out[name] = ManifestSource(sc.path, sc.format, sc.split, tokenizer, tokens, {**cfg.build, **sc.build},
+                                       geometry, model_slots)
     if not out:
         raise DataError("data.sources is empty: add at least one source (see data/README.md)")
     return out
@@ -281,7 +292,7 @@ class PackedStream:
                                 state["stream"] if state else None)
         self.num_bad = state["num_bad"] if state else 0
         self.num_too_long = state["num_too_long"] if state else 0
-        self.dropout = CondDropout(cfg.text_cond_dropout, cfg.vit_cond_dropout, cfg.vae_cond_dropout)
+        self.dropout = cfg.cond_dropout()
         self._pending: tuple[SequencePlan, int, int] | None = None
         self._pending_state: dict | None = None
 
@@ -338,6 +349,8 @@ def pack_plans(plans: list[SequencePlan], keys: list[int], tokens: SpecialTokens
     for plan, key in zip(plans, keys):
         rng = random.Random(key)
         gen = torch.Generator().manual_seed(key)
+        if dropout.whole:  # its own stream: switching whole-condition dropout on leaves the per-item draws as they were
+            draws.append(random.Random(stable_seed(key, "whole-condition")).random())
         items = []
         for it in plan.items:
             if it.enable_cfg and probs[it.type] > 0:

@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -56,6 +57,10 @@ from .settings import (  # noqa: F401  (re-exported: the names callers import fr
     check_inputs,
     parse_resolution,
 )
+
+
+class LayoutOverrideWarning(UserWarning):
+    """A generation setting overrides the sequence layout the model was trained with (loom_config.json)."""
 
 
 @dataclass
@@ -163,11 +168,20 @@ class _NegativePromptContexts(ItemContexts):
 
 # ---- the pipeline ------------------------------------------------------------------------------------------------
 class LoomPipeline:
-    def __init__(self, engine: Engine, build: BuildConfig | None = None, model_info: dict | None = None) -> None:
+    """`build`: the sequence layout (transforms, K_max, scaffold …; default: BAGEL's transforms, loom's knobs);
+    `trained`: the settings the model's export recorded (`Loaded.layout`) — a request that differs is honoured
+    with a `LayoutOverrideWarning` (and a result note) naming the trained and the requested value."""
+
+    def __init__(self, engine: Engine, build: BuildConfig | None = None, model_info: dict | None = None,
+                 trained: dict | None = None) -> None:
+        from .load import default_transforms
+
         self.engine = engine
         self.build = build or BuildConfig(max_frames=engine.cfg.max_frames, max_references=engine.cfg.max_references,
                                           use_temporal=engine.cfg.temporal_embedding,
-                                          n_max=min(BuildConfig.n_max, engine.cfg.max_frames))
+                                          n_max=min(BuildConfig.n_max, engine.cfg.max_frames),
+                                          **default_transforms(engine.cfg))
+        self.trained = dict(trained or {})
         self.model_info = model_info or {}
         self.limits = ModelLimits.from_config(engine.cfg, self.build)
         self._frame_log: _FrameLog | None = None
@@ -184,7 +198,7 @@ class LoomPipeline:
         if torch_dtype is not None and dtype is not None:
             raise TypeError("pass dtype or torch_dtype, not both")
         ld = load_pretrained(path, device=device, dtype=dtype if dtype is not None else torch_dtype, **load_kwargs)
-        return cls(Engine(ld.model, ld.vae, ld.tokenizer), ld.build, ld.describe())
+        return cls(Engine(ld.model, ld.vae, ld.tokenizer), ld.build, ld.describe(), ld.layout)
 
     # ---- geometry -----------------------------------------------------------------------------------------------
     @property
@@ -194,8 +208,21 @@ class LoomPipeline:
     def max_pixels_side(self) -> int:
         return self.limits.max_side
 
+    def _check_trained(self, res: GenerationResult, key: str, requested, flag: str) -> None:
+        """Loudly honour a request that differs from the layout the model was trained with."""
+        def show(v) -> str:  # transforms compare as (max, min); the stride is the model's
+            return ",".join(map(str, list(v)[:2])) if isinstance(v, (list, tuple)) else str(v)
+
+        trained = self.trained.get(key)
+        if trained is not None and requested is not None and show(trained) != show(requested):
+            msg = (f"{flag} {show(requested)} overrides the trained {key} {show(trained)} (the model's "
+                   "loom_config.json): this sequence layout was never trained")
+            warnings.warn(msg, LayoutOverrideWarning, stacklevel=3)
+            res.notes.append(msg)
+
     def _set_transforms(self, s: GenerationSettings) -> None:
-        """BAGEL's resize rules (VAE 1024/512/16, ViT 980/224/14), clamped to what the model's tables cover."""
+        """The build's resize rules (the trained ones for an export; BAGEL's VAE 1024/512/16, ViT 980/224/14
+        otherwise), clamped to what the model's tables cover."""
         vae, vit = self.limits.transforms(s)
         self.engine.vae_transform = ImageTransform(vae[0], vae[1], self.stride)
         self.engine.vit_transform = ImageTransform(vit[0], vit[1], self.limits.vit_patch)
@@ -212,8 +239,7 @@ class LoomPipeline:
             # the paper's script: output size = the last reference after the VAE resize rule
             im = self.engine.prepare_image(images[-1])
             return self.latent_grid(im.size)
-        side = min(1024, self.max_pixels_side())
-        return self.latent_grid((side, side))
+        return self.latent_grid((self.limits.default_side, self.limits.default_side))
 
     # ---- entry points -------------------------------------------------------------------------------------------
     def __call__(self, task: str = "tutorial", prompt: str | None = None,
@@ -267,6 +293,10 @@ class LoomPipeline:
         n0 = self.engine.num_forwards
         res = GenerationResult(task, prompt, s, inputs=images, input_paths=list(input_paths or []),
                                model=dict(self.model_info))
+        self._check_trained(res, "vae_transform", s.vae_transform, "--vae-transform")
+        self._check_trained(res, "vit_transform", s.vit_transform, "--vit-transform")
+        if task == "tutorial":
+            self._check_trained(res, "k_max", s.k_max, "--k-max")
         self._frame_log = None
         try:
             getattr(self, f"_run_{task}")(res, planner, progress)

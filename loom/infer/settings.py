@@ -53,7 +53,9 @@ class GenerationSettings:
     """Everything that shapes one generation. `None` fields take the task default (`TASK_DEFAULTS`)."""
 
     seed: int = 0
-    resolution: tuple[int, int] | None = None  # (W, H) pixels; None: 1024² (tutorial/t2i) or the input's size
+    # (W, H) pixels; None: the model's trained VAE max side, squared (BAGEL and the Loom recipes: 1024²; tutorial,
+    # t2i), or the input's size
+    resolution: tuple[int, int] | None = None
     num_timesteps: int = 50  # denoising steps (diffusers: num_inference_steps)
     timestep_shift: float = 3.0
     cfg_text_scale: float | None = None  # diffusers: guidance_scale
@@ -85,7 +87,8 @@ class GenerationSettings:
     entity_top_fraction: float | None = None  # instead of a threshold: the top fraction of latent tokens
     entity_step: int = 0  # attention is averaged over denoising steps 0..entity_step; the mask applies from there
     entity_smooth: int = 3  # odd box-blur kernel on the token grid before thresholding (1 = none)
-    # input preprocessing (max, min) for the VAE / ViT resize rules; None: BAGEL's, clamped to the model tables
+    # input preprocessing (max, min) for the VAE / ViT resize rules; None: the model's trained ones (loom_config.json
+    # "build"), else BAGEL's — clamped to the model tables
     vae_transform: tuple[int, int] | None = None
     vit_transform: tuple[int, int] | None = None
 
@@ -243,23 +246,26 @@ def parse_resolution(text: str | int | None) -> tuple[int, int] | None:
 
 @dataclass(frozen=True)
 class ModelLimits:
-    """What a model allows, from its config files alone (no weights): output sizes, plan length, slots."""
+    """What a model allows, from its config files alone (no weights): output sizes, plan length, slots, and the
+    resize rules its sequences use by default (the export's trained ones, else BAGEL's)."""
 
     stride: int  # pixels per latent token side
     max_side: int  # largest output side in pixels (latent position table)
-    vit_max_side: int  # largest ViT input side the position table covers (≤ BAGEL's 980)
+    vit_lim: int  # largest ViT input side the position table covers
     vit_patch: int
     n_max: int
     max_frames: int
     max_references: int
     num_layers: int
+    vae_default: tuple[int, int]  # (max, min) sides: the build's VAE / ViT transforms
+    vit_default: tuple[int, int]
 
     @classmethod
     def from_config(cls, cfg, build) -> ModelLimits:
         stride = cfg.pixels_per_latent_token
-        return cls(stride, cfg.max_latent_size * stride,
-                   min(980, cfg.vit_max_num_patch_per_side * cfg.vit.patch_size), cfg.vit.patch_size,
-                   build.n_max, build.max_frames, build.max_references, cfg.llm.num_hidden_layers)
+        return cls(stride, cfg.max_latent_size * stride, cfg.vit_max_num_patch_per_side * cfg.vit.patch_size,
+                   cfg.vit.patch_size, build.n_max, build.max_frames, build.max_references,
+                   cfg.llm.num_hidden_layers, tuple(build.vae_transform[:2]), tuple(build.vit_transform[:2]))
 
     @classmethod
     def read(cls, path: str | Path) -> ModelLimits:
@@ -268,7 +274,13 @@ class ModelLimits:
         from .load import build_config_from_export
 
         cfg = config_from_release(path)
-        return cls.from_config(cfg, build_config_from_export(Path(path), cfg))
+        build, _ = build_config_from_export(Path(path), cfg)
+        return cls.from_config(cfg, build)
+
+    @property
+    def default_side(self) -> int:
+        """Square output side when none is asked for: the trained targets' (the build's VAE max), in the tables."""
+        return min(self.vae_default[0], self.max_side) // self.stride * self.stride
 
     def check_resolution(self, resolution: tuple[int, int]) -> None:
         w, h = resolution
@@ -278,11 +290,11 @@ class ModelLimits:
                              f"{lim} for this model")
 
     def transforms(self, s: GenerationSettings) -> tuple[tuple[int, int], tuple[int, int]]:
-        """(vae, vit) (max, min) resize sides: BAGEL's rules (VAE 1024/512, ViT 980/224), clamped to the model."""
-        vae_max = min(1024, self.max_side)
-        vae = s.vae_transform or (vae_max, min(512, vae_max))
-        vit = s.vit_transform or (self.vit_max_side, min(224, self.vit_max_side))
-        for name, (mx, mn), lim in (("vae", vae, self.max_side), ("vit", vit, self.vit_max_side)):
+        """(vae, vit) (max, min) resize sides: the requested ones, else the build's clamped to the tables."""
+        vae_max, vit_max = min(self.vae_default[0], self.max_side), min(self.vit_default[0], self.vit_lim)
+        vae = s.vae_transform or (vae_max, min(self.vae_default[1], vae_max))
+        vit = s.vit_transform or (vit_max, min(self.vit_default[1], vit_max))
+        for name, (mx, mn), lim in (("vae", vae, self.max_side), ("vit", vit, self.vit_lim)):
             if not 0 < mn <= mx <= lim:
                 raise InputError(f"--{name}-transform {mx},{mn}: need 0 < min ≤ max ≤ {lim} for this model")
         return tuple(vae), tuple(vit)

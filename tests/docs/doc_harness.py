@@ -36,6 +36,7 @@ class Command:
     text: str  # one line, variables not yet expanded (python: the whole block)
     inline: bool = False  # from a `code span` in prose (often a synopsis)
     lang: str = "sh"  # "python" for a ```python block (run as one program)
+    section: str = ""  # the "## …" heading above it
 
     def __str__(self) -> str:
         head = self.text.splitlines()[0] if self.text else ""
@@ -49,9 +50,12 @@ class Cover:
     pattern: str
     runner: object  # callable(session, command) -> None; raises / asserts on failure
     why: str = ""  # what the tiny-scale substitution is, in words
+    section: str | None = None  # only fenced commands under this "## heading" (of any document)
 
     def matches(self, cmd: Command) -> bool:
         """Searched in the command with its quoted strings blanked (a prompt's `<image 1>` is not syntax)."""
+        if self.section is not None and (not cmd.section.startswith(self.section) or cmd.inline):
+            return False
         return re.search(self.pattern, re.sub(r"'[^']*'|\"[^\"]*\"", '""', cmd.text)) is not None
 
 
@@ -136,8 +140,10 @@ def extract(doc: str | Path) -> list[Command]:
     rel = str(Path(doc))
     lines = path.read_text(encoding="utf-8").splitlines()
     cmds: list[Command] = []
-    fence, lang, block = None, "", []
+    fence, lang, block, section = None, "", [], ""
     for n, line in enumerate(lines, 1):
+        if fence is None and line.startswith("## "):
+            section = line[3:].strip()
         m = re.match(r"^(\s*)(```+|~~~+)\s*([\w+-]*)", line)
         if m and fence is None:
             fence, lang, block = m.group(2), m.group(3).lower(), []
@@ -145,10 +151,10 @@ def extract(doc: str | Path) -> list[Command]:
         if fence is not None:
             if line.strip().startswith(fence):
                 if lang in SHELL_LANGS:
-                    cmds += [Command(rel, ln, t) for ln, t in _expand_loops(_shell_lines(block))]
+                    cmds += [Command(rel, ln, t, section=section) for ln, t in _expand_loops(_shell_lines(block))]
                 elif lang in ("python", "py"):
                     cmds.append(Command(rel, block[0][0] if block else n, "\n".join(t for _, t in block),
-                                        lang="python"))
+                                        lang="python", section=section))
                 fence = None
             else:
                 block.append((n, line))
@@ -161,7 +167,7 @@ def extract(doc: str | Path) -> list[Command]:
             if len(words) >= 2 and any(span == w or span.startswith(w + " ") or
                                        (w.endswith("/") and words[0].startswith(w) and words[0].endswith(".py"))
                                        for w in COMMAND_WORDS):
-                cmds.append(Command(rel, n, span, inline=True))
+                cmds.append(Command(rel, n, span, inline=True, section=section))
     return cmds
 
 

@@ -49,7 +49,28 @@ def run_wandb_sync(s, cmd: Command) -> None:
     assert r.exit_code == 0 and "offline" in r.output.lower(), r.output
 
 
+def run_in_construct_test(s, cmd: Command) -> None:
+    """data/README.md "Building a dataset": tests/data/construct/test_readme_commands.py runs this section's
+    bash blocks in order with its own fake VLM / image servers and videos; here: the command is one it runs."""
+    import importlib.util
+    import sys
+
+    from doc_harness import _squash, _strip_comment
+
+    here = ROOT / "tests" / "data" / "construct"
+    sys.path.insert(0, str(here))
+    try:
+        spec = importlib.util.spec_from_file_location("construct_readme", here / "test_readme_commands.py")
+        mod = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(mod)
+    finally:
+        sys.path.remove(str(here))
+    assert cmd.text in {_squash(_strip_comment(c)) for c in mod.readme_commands()}, cmd.text
+
+
 COVER = [
+    Cover(r".", run_in_construct_test, "run by tests/data/construct/test_readme_commands.py",
+          section="Building a dataset"),
     # ```python blocks
     Cover(r"^from loom import LoomPipeline", run_api_example, "fixture as MODEL_DIR, CPU, 2 steps, 32 px"),
     Cover(r"^import pyarrow", lambda s, c: run_python_block(s, c, _t2i_parquet_inputs), "tri.png made first"),
