@@ -27,8 +27,9 @@ def _hint(key: str, config_text: str, overrides: list[str] | tuple[str, ...]) ->
 
 
 def preflight(cfg: TrainConfig, config_path: str | Path | None = None,
-              overrides: list[str] | tuple[str, ...] = ()) -> None:
-    """Raise `ConfigError` listing every missing input of `cfg` (all on one line)."""
+              overrides: list[str] | tuple[str, ...] = (), check_data: bool = True) -> None:
+    """Raise `ConfigError` listing every missing input of `cfg` (all on one line). `check_data=False`: only the
+    model side (`loom data validate --train-config` checks a manifest of its own)."""
     text = Path(config_path).read_text(encoding="utf-8") if config_path and Path(config_path).is_file() else ""
     problems = []
     kind, _, path = cfg.model.init.partition(":")
@@ -40,7 +41,7 @@ def preflight(cfg: TrainConfig, config_path: str | Path | None = None,
             what = "a BAGEL release" if kind == "bagel" else "a loom export"
             problems.append(f"model.init={cfg.model.init}: {path} is not {what} folder (no llm_config.json)"
                             + _hint("model.init", text, overrides))
-    for name, sc in cfg.data.sources.items():
+    for name, sc in cfg.data.sources.items() if check_data else ():
         if sc.path == "synthetic" or sc.format in ("synthetic", "hf"):
             continue
         if not Path(sc.path).exists():

@@ -143,3 +143,14 @@ def test_bad_log_level_is_a_usage_error(tmp_path, capsys, level):
     with pytest.raises(SystemExit) as e:
         main([str(CONFIGS / "tiny_cpu.yaml"), "--log-level", level])
     assert e.value.code == 2 and "invalid choice: 'loud'" in capsys.readouterr().err
+
+
+def test_data_validate_names_unset_bagel_dir(capsys, monkeypatch):
+    from loom.data.__main__ import main as data_main
+
+    monkeypatch.delenv("BAGEL_DIR", raising=False)
+    rc = data_main(["validate", str(ROOT / "data/examples/manifest.jsonl"), "--train-config",
+                    str(CONFIGS / "style.yaml")])
+    err = capsys.readouterr().err
+    assert rc == 2 and err.startswith("loom data validate: error: model.init=bagel:") and "BAGEL_DIR is not set" in err
+    assert len(err.strip().splitlines()) == 1 and "LOOM_DATA" not in err  # its own manifest, not the config's data
