@@ -305,8 +305,8 @@ def _main(args) -> int:
 
     try:
         settings, planner, inputs = _validate(args)
-    except (InputError, PlanError) as e:
-        return fail(PROG, str(e), 2)
+    except (InputError, PlanError) as e:  # identical on every rank of a sharded launch: said once
+        return fail(PROG, str(e), 2, main_only=True)
 
     import torch
 

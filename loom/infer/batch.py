@@ -14,8 +14,9 @@ the model loads; an error names the file, the 1-based line and the key. Each ite
 
 - Resume: an item whose folder holds result.json is done and skipped; result.json is written last and
   atomically (`loom.infer.output`), so a killed run restarts at the first unfinished item. ROOT/batch.json
-  records the settings, planner, model and every row the batch was started with; resuming with anything
-  different is refused with the list of differences (`--overwrite` regenerates every item instead).
+  records the model, the settings and every row (with its planner) the batch was started with; resuming with a
+  different model or settings, or a changed row of a finished item, is refused with the list of differences
+  (`--overwrite` regenerates every item instead).
 - Sharding: item i goes to shard i mod num_shards (round-robin over file order). Under `accelerate launch` /
   torchrun the shard is the process rank (RANK / WORLD_SIZE); no process group is needed, shards never talk.
 - Reproducibility: the seed of an item is derived from the base seed and the item id only
@@ -178,27 +179,34 @@ def planner_name(planner) -> str:
 
 
 def batch_record(items: list[BatchItem], settings: GenerationSettings, planner, model: str) -> dict:
-    return {"format": BATCH_FORMAT, "model": model, "planner": planner_name(planner),
-            "settings": settings.to_json(), "items": {it.item_id: it.row() for it in items}}
+    """What batch.json records: the model, the base settings, and per item its row and (tutorials) its planner."""
+    return {"format": BATCH_FORMAT, "model": model, "settings": settings.to_json(),
+            "items": {it.item_id: {**it.row(), "planner": planner_name(planner) if it.task == "tutorial" else None}
+                      for it in items}}
+
+
+def _read_record(root: Path) -> dict | None:
+    f = root / "batch.json"
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text(encoding="utf-8"))
+    except (OSError, json.JSONDecodeError) as e:
+        raise InputError(f"{f} is unreadable ({e}); remove it or pass --overwrite") from None
 
 
 def check_resume(root: str | Path, record: dict, overwrite: bool = False) -> None:
-    """Refuse to resume ROOT with settings, planner, model or rows other than those it was started with."""
-    f = Path(root) / "batch.json"
-    if overwrite or not f.is_file():
+    """Refuse to resume ROOT with a model, settings, or (for finished items) rows / planner other than those it
+    was started with."""
+    root = Path(root)
+    old = None if overwrite else _read_record(root)
+    if old is None:
         return
-    try:
-        old = json.loads(f.read_text(encoding="utf-8"))
-    except (OSError, json.JSONDecodeError) as e:
-        raise InputError(f"{f} is unreadable ({e}); remove it or pass --overwrite") from None
-    diffs = []
-    for key in ("model", "planner"):
-        if old.get(key) != record[key]:
-            diffs.append(f"{key}: {old.get(key)!r} → {record[key]!r}")
+    diffs = [] if old.get("model") == record["model"] else [f"model: {old.get('model')!r} → {record['model']!r}"]
     a, b = old.get("settings", {}), record["settings"]
     diffs += [f"{k}: {a.get(k)!r} → {b.get(k)!r}" for k in sorted(set(a) | set(b)) if a.get(k) != b.get(k)]
     oi, ni = old.get("items", {}), record["items"]
-    changed = [i for i in ni if i in oi and oi[i] != ni[i] and (Path(root) / i / "result.json").exists()]
+    changed = [i for i in ni if i in oi and oi[i] != ni[i] and (root / i / "result.json").exists()]
     if changed:
         diffs.append(f"rows changed since they were generated: {', '.join(changed[:5])}"
                      + (" …" if len(changed) > 5 else ""))
@@ -225,6 +233,9 @@ def run_batch(pipe: LoomPipeline, items: list[BatchItem], out_root: str | Path, 
     record = batch_record(items, settings, planner, model or str(pipe.model_info.get("path", "")))
     check_resume(out_root, record, overwrite)
     out_root.mkdir(parents=True, exist_ok=True)
+    old = None if overwrite else _read_record(out_root)
+    if old is not None:  # items of earlier calls (another shard, another subset) stay recorded
+        record["items"] = {**old.get("items", {}), **record["items"]}
     atomic_write_json(out_root / "batch.json", record)
     report = BatchReport()
     fail_log = out_root / f"failures.shard{shard}-of-{num_shards}.jsonl"

@@ -109,13 +109,13 @@ def materialize_manifest(s: Session, path: Path) -> None:
 def fake_openai(s: Session):
     """One loopback OpenAI-compatible server per session: judge replies (loom.eval.fakes) and plans."""
     if "openai" not in s.local:
-        from loom.eval.fakes import FakeJudgeServer, default_handler
+        from loom.eval.fakes import FakeOpenAIServer, default_handler
 
         def handler(body):
             if "plan step-by-step visual tutorials" in json.dumps(body["messages"]):
                 return 200, PLAN, 0.0
             return default_handler(body)
-        srv = FakeJudgeServer(handler).__enter__()
+        srv = FakeOpenAIServer(handler).__enter__()
         s.closers.append(lambda: srv.__exit__(None, None, None))
         s.local["openai"] = srv
     return s.local["openai"]
