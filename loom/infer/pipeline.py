@@ -18,7 +18,7 @@ from __future__ import annotations
 import dataclasses
 import time
 import warnings
-from dataclasses import dataclass, field
+from collections.abc import Callable
 from pathlib import Path
 
 import torch
@@ -45,6 +45,7 @@ from .loop import (
     render_tutorial,
 )
 from .planner import PlanResult
+from .result import GenerationInterrupted, GenerationResult, LoomOutput  # noqa: F401  (re-exported)
 from .settings import (  # noqa: F401  (re-exported: the names callers import from here)
     DIFFUSERS_ALIASES,
     ENTITY_TASKS,
@@ -63,49 +64,6 @@ class LayoutOverrideWarning(UserWarning):
     """A generation setting overrides the sequence layout the model was trained with (loom_config.json)."""
 
 
-@dataclass
-class GenerationResult:
-    task: str
-    prompt: str
-    settings: GenerationSettings
-    frames: list[Frame] = field(default_factory=list)
-    plan: PlanResult | None = None
-    answer: str | None = None
-    inputs: list[Image.Image] = field(default_factory=list)
-    input_paths: list[str] = field(default_factory=list)
-    timings: dict = field(default_factory=dict)
-    stats: RenderStats | None = None
-    model: dict = field(default_factory=dict)
-    notes: list[str] = field(default_factory=list)
-    k_max: int | None = None
-    interrupted: bool = False  # Ctrl-C: `frames` holds only the frames finished before it
-
-
-class GenerationInterrupted(KeyboardInterrupt):
-    """Ctrl-C during `LoomPipeline.run`; `.result` holds the plan and every frame finished before it."""
-
-    def __init__(self, result: GenerationResult) -> None:
-        super().__init__(f"interrupted after {len(result.frames)} finished frame(s)")
-        self.result = result
-
-
-@dataclass
-class LoomOutput:
-    """What `pipe(...)` returns: the frames as PIL images (diffusers' `.images`), the plan and each frame's text."""
-
-    images: list[Image.Image]
-    plan: list[str]  # the plan the model (or the given planner) wrote; [] for single-image tasks
-    step_texts: list[str]  # the text rendered with each image (tutorial: its plan step; else "")
-    answer: str | None  # understand: the model's answer
-    result: GenerationResult  # everything else: seeds, history per frame, timings, settings
-
-    def save(self, out: str | Path, overwrite: bool = False) -> dict:
-        """Write frames, result.json and index.html into `out` (atomically, as `loom generate` does)."""
-        from .output import write_result
-
-        return write_result(self.result, out, overwrite)
-
-
 # ---- inputs ----------------------------------------------------------------------------------------------------
 def load_image_file(path: str | Path) -> Image.Image:
     """Open and fully decode an image, or raise `InputError` naming the file."""
@@ -118,31 +76,6 @@ def load_image_file(path: str | Path) -> Image.Image:
             return im.copy()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as e:
         raise InputError(f"cannot read input image {p}: {type(e).__name__}: {e}") from None
-
-
-class _FrameLog:
-    """`on_frame_start` wrapper that remembers which frames a render loop has finished (they sit in the builder
-    memory under `key{k}` once done), so an interrupt keeps them."""
-
-    def __init__(self, mem, key: str, texts: list[str] | None, seed: int, inner) -> None:
-        self.mem, self.key, self.texts, self.seed, self.inner = mem, key, texts, seed, inner
-        self.history: dict[int, list[int]] = {}
-        self.started: dict[int, float] = {}
-
-    def __call__(self, t: int, n: int, hist: list[int]):
-        self.history[t], self.started[t] = list(hist), time.perf_counter()
-        return self.inner(t, n, hist) if self.inner else None
-
-    def finished(self) -> list[Frame]:
-        out = []
-        for k in sorted(self.history):
-            im = self.mem.images.get(f"{self.key}{k}")
-            if im is None:
-                break
-            secs = self.started.get(k + 1, time.perf_counter()) - self.started[k]
-            text = self.texts[k - 1] if self.texts and k <= len(self.texts) else ""
-            out.append(Frame(k, text, im, torch.empty(0), self.history[k], frame_seed(self.seed, k), secs, 0))
-        return out
 
 
 class _NegativePromptContexts(ItemContexts):
@@ -172,6 +105,8 @@ class LoomPipeline:
     `trained`: the settings the model's export recorded (`Loaded.layout`) — a request that differs is honoured
     with a `LayoutOverrideWarning` (and a result note) naming the trained and the requested value."""
 
+    _hooks: tuple = (None, None)  # (on_plan, on_frame) of the running `run` call
+
     def __init__(self, engine: Engine, build: BuildConfig | None = None, model_info: dict | None = None,
                  trained: dict | None = None) -> None:
         from .load import default_transforms
@@ -184,7 +119,6 @@ class LoomPipeline:
         self.trained = dict(trained or {})
         self.model_info = model_info or {}
         self.limits = ModelLimits.from_config(engine.cfg, self.build)
-        self._frame_log: _FrameLog | None = None
 
     @classmethod
     def from_pretrained(cls, path: str | Path, dtype: str | torch.dtype | None = None,
@@ -278,9 +212,12 @@ class LoomPipeline:
 
     def run(self, task: str, prompt: str, images: list[Image.Image] | None = None,
             settings: GenerationSettings | None = None, planner=None, progress: bool = False,
-            input_paths: list[str] | None = None) -> GenerationResult:
+            input_paths: list[str] | None = None, on_plan: Callable[[PlanResult], None] | None = None,
+            on_frame: Callable[[Frame], None] | None = None) -> GenerationResult:
         """Generate one item. `planner` (tutorial only): None = the model plans (default), or an
-        `ExternalPlanner` / `FixedPlanner`. `progress`: stream the plan and show per-frame bars on stderr."""
+        `ExternalPlanner` / `FixedPlanner`. `progress`: stream the plan and show per-frame bars on stderr.
+        `on_plan(plan)` / `on_frame(frame)` are called as soon as the plan / each frame exists (streaming front
+        ends: `loom serve`)."""
         images = list(images or [])
         check_inputs(task, prompt, images, self.build.max_references)
         s = settings or GenerationSettings()
@@ -297,17 +234,25 @@ class LoomPipeline:
         self._check_trained(res, "vit_transform", s.vit_transform, "--vit-transform")
         if task == "tutorial":
             self._check_trained(res, "k_max", s.k_max, "--k-max")
-        self._frame_log = None
+        finished: list[Frame] = []  # what an interrupt keeps
+
+        def frame_done(frame: Frame) -> None:
+            finished.append(frame)
+            if on_frame is not None:
+                on_frame(frame)
+        self._hooks = (on_plan, frame_done)
         try:
             getattr(self, f"_run_{task}")(res, planner, progress)
         except SampleError as e:  # layout problems found by the builders (e.g. <image k> beyond the inputs)
             raise InputError(str(e)) from None
         except KeyboardInterrupt:
-            res.frames = self._frame_log.finished() if self._frame_log is not None else []
+            res.frames = finished
             res.interrupted = True
             res.notes.append(f"interrupted (Ctrl-C) after {len(res.frames)} finished frame(s)")
             res.timings["total_seconds"] = time.perf_counter() - t0
             raise GenerationInterrupted(res) from None
+        finally:
+            self._hooks = (None, None)
         res.timings["total_seconds"] = time.perf_counter() - t0
         res.timings["num_forwards"] = self.engine.num_forwards - n0
         return res
@@ -321,10 +266,6 @@ class LoomPipeline:
             return ItemContexts(self.engine, rope_gaps=rope_gaps)
         neg = text_item(bctx, s.negative_prompt, cfg=False, name="negative_prompt")
         return _NegativePromptContexts(self.engine, neg, rope_gaps)
-
-    def _log_frames(self, mem, key: str, texts: list[str] | None, s: GenerationSettings, inner) -> _FrameLog:
-        self._frame_log = _FrameLog(mem, key, texts, s.seed, inner)
-        return self._frame_log
 
     def _entity_tags(self, s: GenerationSettings, text: str) -> list[str]:
         return eg.entity_tags(s, text, self.build.entity_tokens)
@@ -360,14 +301,15 @@ class LoomPipeline:
                            s.strict_plan)
             item = plan_item(bctx, plan.steps)
         res.plan = plan
+        if self._hooks[0] is not None:
+            self._hooks[0](plan)
         res.timings["plan_seconds"] = plan.seconds
         if progress:
             print_plan(plan.steps, plan.problems)
-        log = self._log_frames(mem, "frame", plan.steps, s, self._progress(progress, s.num_timesteps, "frame"))
         out = render_tutorial(eng, contexts, bctx, images, mem, prefix, item, plan.steps, h, w, s.sampler(), s.seed,
-                              k_max, s.feedback, log,
+                              k_max, s.feedback, self._progress(progress, s.num_timesteps, "frame"),
                               entity_for=self._entity_for(s, contexts, res.prompt + " " + plan.text, h, w,
-                                                          plan.steps))
+                                                          plan.steps), on_frame_end=self._hooks[1])
         res.frames, res.stats = out.frames, out.stats
 
     def _multi(self, res: GenerationResult, num_outputs: int, progress: bool) -> None:
@@ -382,10 +324,11 @@ class LoomPipeline:
             raise InputError(f"{num_outputs} outputs but the model has {self.build.max_frames} frame slots")
         contexts = self._contexts(bctx, s, rope_gaps=True)
         prefix = reference_prompt_items(bctx, images, res.prompt, refs)
-        log = self._log_frames(mem, "output", None, s, self._progress(progress, s.num_timesteps, "output"))
         out = render_outputs(eng, contexts, bctx, images, mem, prefix, num_outputs, h, w, s.sampler(), s.seed,
-                             s.feedback, self.build.use_vit_for_references, log,
-                             entity_for=self._entity_for(s, contexts, res.prompt, h, w, self._decompose_parts(res)))
+                             s.feedback, self.build.use_vit_for_references,
+                             self._progress(progress, s.num_timesteps, "output"),
+                             entity_for=self._entity_for(s, contexts, res.prompt, h, w, self._decompose_parts(res)),
+                             on_frame_end=self._hooks[1])
         res.frames, res.stats = out.frames, out.stats
 
     def _decompose_parts(self, res: GenerationResult) -> list[str] | None:
@@ -423,6 +366,8 @@ class LoomPipeline:
                                    cb(1, 1, []) if cb else None, None)
         stats.frame_seconds.append(time.perf_counter() - t0)
         res.frames = [Frame(1, "", pil, tokens, [], seed, stats.frame_seconds[0], contexts.build(items).kv_len)]
+        if self._hooks[1] is not None:
+            self._hooks[1](res.frames[0])
         res.stats = stats
 
     def _run_t2i(self, res, planner, progress):

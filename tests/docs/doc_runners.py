@@ -305,7 +305,7 @@ def run_help(s: Session, cmd) -> None:
 
 def _entry(prog: list[str]):
     """(main, argv prefix) of a program named by its words."""
-    if prog[0] == "loom":
+    if prog[0] == "loom" or prog[0].endswith("/bin/loom"):  # a venv's console script (`.venv-app/bin/loom`)
         from loom.__main__ import main
         return main, prog[1:]
     if prog[0] in ("python", "python3") and prog[1] == "-m":

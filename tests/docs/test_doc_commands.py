@@ -82,6 +82,8 @@ COVER = [
     Cover(r"^export ", run_export, "workspace stand-ins for BAGEL_DIR, LOOM_DATA, LOOM_RUNS, …"),
     Cover(r"^(loom( [a-z-]+)*|accelerate launch|torchrun|python -m [\w.]+)$", run_help, "a command named in prose: --help"),
     Cover(r"^loom (train|data validate) --[\w-]+$", run_help, "a flag named in prose: --help lists it"),
+    Cover(r"^\S*/bin/loom serve\b", run_help, "a server that blocks: --help lists the flags shown (tests/app "
+          "serves it)"),
     Cover(r"^loom ", lambda s, c: run_loom(s, split(c.text, s.env)[1:]),
           "in-process; generate: fixture model, 32 px, 2 timesteps, fixed plan (random weights write none); "
           "train: one tiny step; data validate: tiny manifests"),

@@ -34,7 +34,8 @@ def test_fixed_plan_frames_and_history(pipe, tiny_settings, tmp_path):
     assert saved["forwards"]["per_denoising_step"] == 1.0  # all CFG branches in one forward
     assert saved["seeds"]["frames"] == [s["seed"] for s in saved["steps"]]
     html = (out / "index.html").read_text()
-    assert html.count("<img src='frame_") == 6 and "ink the lines" in html
+    # one card per frame (the storyboard itself is checked in test_storyboard.py)
+    assert html.count('<div class="card" id="step-') == 6 and "ink the lines" in html
     assert not list(tmp_path.glob(".owl.tmp-*"))  # temp folder renamed away
 
 
