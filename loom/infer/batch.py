@@ -9,8 +9,9 @@ manifest (or its test split) can be generated from directly; image paths are rel
 Row keys: id, task (default: the CLI task), prompt, input_images (`images` is accepted as an alias), and the
 per-item settings seed (an integer; overrides the derived one), num_plan_steps, num_outputs, resolution
 (1024, "WxH" or [W, H]) and negative_prompt — the names of `configs/infer/*.yaml`. A manifest's ground truth
-(plan, frames, targets, answer) and meta are ignored: the model writes its own. Every row is checked before
-the model loads; an error names the file, the 1-based line and the key. Each item goes to ROOT/<id>/.
+(plan, frames, targets, answer) and meta are ignored: the model writes its own. Every row's keys, types and
+settings are checked before the model loads; an error names the file, the 1-based line and the key. Each item
+goes to ROOT/<id>/.
 
 - Resume: an item whose folder holds result.json is done and skipped; result.json is written last and
   atomically (`loom.infer.output`), so a killed run restarts at the first unfinished item. ROOT/batch.json
@@ -154,7 +155,9 @@ def read_batch(path: str | Path, default_task: str) -> list[BatchItem]:
 
 
 def check_batch(items: list[BatchItem], settings: GenerationSettings, limits: ModelLimits) -> None:
-    """Everything about every row that can be known before loading the model: inputs, image files, settings."""
+    """Everything about every row that can be known before loading the model: task, prompt, image count and
+    settings. A missing or unreadable image is that item's failure at run time (logged with its line; the batch
+    goes on)."""
     for it in items:
         s = replace(settings, **it.overrides, **({"seed": it.seed} if it.seed is not None else {}))
         try:
@@ -165,9 +168,6 @@ def check_batch(items: list[BatchItem], settings: GenerationSettings, limits: Mo
             for k in [*it.overrides, "seed"]:
                 msg = msg.replace(flag(k), f"'{k}'")
             raise InputError(f"{it.where}: {msg}") from None
-        missing = [p for p in it.images if not Path(p).is_file()]
-        if missing:
-            raise InputError(f"{it.where}: input image {missing[0]} does not exist")
 
 
 def planner_name(planner) -> str:

@@ -41,7 +41,7 @@ def _batch(f: Path, out: Path, *extra: str, task: str = "t2i") -> int:
     ({"id": "x", "prompt": "p", "seed": True}, ":2: 'seed' must be an integer, got True"),
     ({"id": "x", "prompt": "p", "resolution": 30}, ":2: 'resolution' 30x30: width and height must be multiples"),
     ({"id": "x", "prompt": "p", "steps": 2}, ":2: unknown keys ['steps'] ('steps' is now 'num_plan_steps')"),
-    ({"id": "x", "task": "edit", "prompt": "p", "input_images": ["missing.png"]}, ":2: input image"),
+    ({"id": "x", "task": "edit", "prompt": "p"}, ":2: task 'edit' takes exactly 1 input image(s)"),
     ({"id": "x", "prompt": "p", "images": ["a.png"], "input_images": ["a.png"]}, ":2: give 'input_images' or"),
     ('{"id": "x", "prompt": }', ":2: not valid JSON"),
 ])
@@ -89,6 +89,16 @@ def test_overwrite_resume_mismatch_and_input_images(tmp_path, capsys):
     assert json.loads((out / "t1" / "result.json").read_text())["settings"]["num_timesteps"] == 2
     assert json.loads((out / "batch.json").read_text())["settings"]["num_timesteps"] == 2
     assert (out / "t1" / "frame_01.png").stat().st_mtime_ns != first
+
+
+def test_missing_image_is_that_items_failure_with_its_line(tmp_path, capsys):
+    f = _rows(tmp_path, {"id": "ok", "prompt": "fine"},
+              {"id": "gone", "task": "edit", "prompt": "p", "input_images": ["missing.png"]})
+    out = tmp_path / "run"
+    assert _batch(f, out) == 1  # the batch went on; the exit status says something failed
+    assert "1 done, 0 already finished, 1 failed" in capsys.readouterr().out
+    fail = json.loads((out / "failures.shard0-of-1.jsonl").read_text().splitlines()[0])
+    assert fail["id"] == "gone" and fail["line"] == 2 and "missing.png does not exist" in fail["error"]
 
 
 def test_batch_into_unwritable_root(tmp_path, capsys, no_load):
