@@ -54,7 +54,8 @@ class Progress:
 
 
 def _console(h: logging.Handler) -> bool:
-    return isinstance(h, logging.StreamHandler) and not isinstance(h, logging.FileHandler)
+    """The handlers tqdm replaces: streams to the terminal (not log files, not pytest's capture handlers)."""
+    return isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
 
 
 @contextmanager
@@ -63,9 +64,10 @@ def _redirect_keeping_level(logger: logging.Logger):
     warning` would print INFO lines again while the bar is up)."""
     from tqdm.contrib.logging import logging_redirect_tqdm
 
-    level = next((h.level for h in logger.handlers if _console(h)), logging.NOTSET)
+    before = list(logger.handlers)
+    level = next((h.level for h in before if _console(h)), logging.NOTSET)
     with logging_redirect_tqdm(loggers=[logger]):
         for h in logger.handlers:
-            if _console(h):
+            if h not in before:  # tqdm's stand-in
                 h.setLevel(level)
         yield
