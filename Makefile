@@ -1,10 +1,16 @@
 # Two entry points for a fresh machine: `make demo` and `make test`.
-# The venv gets torch first (the CPU wheel on machines without CUDA) so that the project's
-# `torch>=2.4` requirement is already satisfied and pip never pulls CUDA wheels or torchvision.
+# The venv gets torch first so that the project's `torch>=2.4` requirement is already satisfied and pip never
+# pulls another torch or torchvision afterwards.
+#   TORCH_VERSION    the torch release installed first (default 2.13.0)
+#   TORCH_INDEX_URL  the package index that one torch install uses, e.g.
+#                    make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cpu    (CPU wheel, ~200 MB)
+#                    make test TORCH_INDEX_URL=https://download.pytorch.org/whl/cu126  (CUDA 12.6 wheel)
+#                    Unset: pip's configured index — on plain PyPI for Linux that is the CUDA build.
 PY ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 TORCH_VERSION ?= 2.13.0
+TORCH_INDEX_URL ?=
 # The web demo (`loom serve`, extra .[app]) gets its own venv: Gradio pins Pillow < 13, while the golden fixture's
 # exact resize checks need Pillow 13's bicubic (it changed up to 22 levels on non-integer upscales).
 APP_VENV ?= .venv-app
@@ -16,7 +22,7 @@ APP_BIN := $(APP_VENV)/bin
 define new_venv
 	$(PY) -m venv $(1)
 	$(1)/bin/pip install -q --upgrade pip
-	$(1)/bin/pip install -q torch==$(TORCH_VERSION)
+	$(1)/bin/pip install -q $(if $(TORCH_INDEX_URL),--index-url $(TORCH_INDEX_URL) )torch==$(TORCH_VERSION)
 endef
 
 $(BIN)/python:

@@ -1,7 +1,7 @@
 """Benchmark a plan-then-render tutorial per attention backend: per-frame latency, peak memory, forwards per step.
 
     python scripts/bench_infer.py                                   # tiny fixture model on CPU, sdpa (+ flex/flash if usable)
-    python scripts/bench_infer.py --model models/BAGEL-7B-MoT --resolution 1024 --timesteps 50 --steps 4
+    python scripts/bench_infer.py --model models/BAGEL-7B-MoT --resolution 1024 --timesteps 50 --plan-steps 4
     python scripts/bench_infer.py --out bench_infer.json
 
 The plan is fixed (`FixedPlanner`, labelled in the JSON) so every backend renders the same work; latency is per
@@ -90,7 +90,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--device", default=None)
     p.add_argument("--dtype", default="auto")
     p.add_argument("--backend", action="append", choices=["sdpa", "flex", "flash"], help="default: all usable")
-    p.add_argument("--steps", type=int, default=4, help="tutorial steps (frames)")
+    p.add_argument("--plan-steps", type=int, default=4, help="tutorial steps = frames rendered")
     p.add_argument("--timesteps", type=int, default=10)
     p.add_argument("--resolution", type=int, default=64)
     p.add_argument("--k-max", type=int, default=2)
@@ -107,7 +107,7 @@ def main(argv: list[str] | None = None) -> int:
     results = []
     for b in backends(ld.device, args.backend):
         try:
-            r = bench_one(pipe, b, settings, args.steps, args.repeats)
+            r = bench_one(pipe, b, settings, args.plan_steps, args.repeats)
         except Exception as e:  # a backend that cannot run here is reported, not fatal
             r = {"backend": b, "error": f"{type(e).__name__}: {e}"[:500]}
         results.append(r)
@@ -119,7 +119,7 @@ def main(argv: list[str] | None = None) -> int:
                   f"forwards/denoising step {r['forwards_per_denoising_step']:.2f}")
     report = {"model": ld.describe(), "device": str(ld.device), "torch": torch.__version__,
               "platform": platform.platform(), "cpu_threads": torch.get_num_threads(),
-              "settings": {"steps": args.steps, "timesteps": args.timesteps, "resolution": args.resolution,
+              "settings": {"plan_steps": args.plan_steps, "timesteps": args.timesteps, "resolution": args.resolution,
                            "k_max": args.k_max, "cfg": "tutorial defaults (text 4.0, image 2.0, interval [0, 1])",
                            "plan": "fixed (benchmark only)"},
               "results": results, "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}

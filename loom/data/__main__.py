@@ -33,6 +33,9 @@ def _context(args):
         from ..train.config import load_train_config
 
         cfg = load_train_config(args.train_config, ["run.dir=/dev/null", "run.total_steps=1", *args.overrides])
+        from ..train.preflight import preflight
+
+        preflight(cfg, args.train_config, args.overrides, check_data=False)  # names BAGEL_DIR when it is unset
         kind, _, path = cfg.model.init.partition(":")
         if kind == "scratch":
             from ..config import merge_into

@@ -224,11 +224,11 @@ def cmd_select(a: argparse.Namespace) -> int:
     from loom.eval.fsio import atomic_write_text
 
     if a.bench == "recipegen":
-        eligible = B.recipegen_eligible(B.load_recipegen(a.data, split=a.split or "test"), a.num_steps)
-        rule = f"RecipeGen {a.split or 'test'} recipes with exactly {a.num_steps} steps"
+        eligible = B.recipegen_eligible(B.load_recipegen(a.data, split=a.split or "test"), a.num_plan_steps)
+        rule = f"RecipeGen {a.split or 'test'} recipes with exactly {a.num_plan_steps} steps"
     else:
-        eligible = [it.item_id for it in B.load_makeanything(a.data, num_panels=a.num_steps)]
-        rule = f"MakeAnything painting-type grids with {a.num_steps} panels"
+        eligible = [it.item_id for it in B.load_makeanything(a.data, num_panels=a.num_plan_steps)]
+        rule = f"MakeAnything painting-type grids with {a.num_plan_steps} panels"
     ids = B.select_ids(eligible, a.n, a.seed)
     header = (
         f"# {rule}; {a.n} of {len(eligible)} eligible, ordered by sha256(f'{a.seed}:{{id}}').\n"
@@ -333,7 +333,8 @@ def build_parser() -> argparse.ArgumentParser:
     se.add_argument("--data", required=True)
     se.add_argument("--split")
     se.add_argument("--n", type=int, required=True)
-    se.add_argument("--num-steps", type=int, default=4)
+    se.add_argument("--plan-steps", dest="num_plan_steps", type=int, default=4,
+                    help="keep recipes / painting grids with exactly this many steps (default 4)")
     se.add_argument("--seed", type=int, default=0)
     se.add_argument("--out", type=Path, required=True)
     se.set_defaults(fn=cmd_select)
@@ -345,12 +346,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    from loom.utils.cli import clean_warnings, fail
+
     args = build_parser().parse_args(argv)
-    try:
-        return int(args.fn(args) or 0)
-    except (EvalInputError, JudgeError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
+    with clean_warnings("loom eval"):
+        try:
+            return int(args.fn(args) or 0)
+        except (EvalInputError, JudgeError) as e:
+            return fail("loom eval", str(e), 2)
 
 
 if __name__ == "__main__":

@@ -205,10 +205,11 @@ class Engine:
     # ---- text generation ------------------------------------------------------------------------------------
     @torch.no_grad()
     def generate_text(self, ctx: Context, max_length: int = 512, temperature: float = 0.0, top_p: float = 1.0,
-                      stop_at_eos: bool = True, generator: torch.Generator | None = None
+                      stop_at_eos: bool = True, generator: torch.Generator | None = None, streamer=None
                       ) -> tuple[list[int], Tensor, Context]:
         """Decode starting from `<|im_start|>`. Returns (fed ids incl. the start token, per-step logits
-        [n, V], the context with every fed token cached). The start token counts towards `max_length`."""
+        [n, V], the context with every fed token cached). The start token counts towards `max_length`.
+        `streamer` (transformers `BaseStreamer`: put / end) receives each token after the start token as it is fed."""
         ids, logits_all, tok = [], [], self.tokens.bos
         for _ in range(max_length):
             blk = self.text_block(ctx, [tok], wrap=False)
@@ -216,10 +217,14 @@ class Engine:
             ctx = ctx.append(kv[0], 1, "gen")
             logits = self.model.language_model.lm_head(h[-1:])[0].float()
             ids.append(tok)
+            if streamer is not None and len(ids) > 1:
+                streamer.put(torch.tensor([tok]))
             logits_all.append(logits)
             tok = sample_token(logits, temperature, top_p, generator)
             if stop_at_eos and tok == self.tokens.eos:
                 break
+        if streamer is not None:
+            streamer.end()
         return ids, torch.stack(logits_all), ctx
 
     def decode_text(self, ids: list[int]) -> str:

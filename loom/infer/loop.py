@@ -243,16 +243,18 @@ def clean_plan_text(text: str, tok) -> str:
 
 def model_plan(engine: Engine, contexts: ItemContexts, bctx: BuildContext, prefix: list[PlanItem],
                max_tokens: int, temperature: float, top_p: float, seed: int, n_max: int, num_steps: int | None,
-               strict: bool) -> tuple[PlanResult, PlanItem]:
-    """The model writes the whole plan once from [scaffold(prompt), references] (one autoregressive pass).
+               strict: bool, streamer=None) -> tuple[PlanResult, PlanItem]:
+    """The model writes the whole plan once from [scaffold(prompt), references] (one autoregressive pass;
+    `streamer` — e.g. `loom.infer.feedback.plan_streamer` — sees its tokens as they are written).
 
     The context then holds the canonical plan text (`plan_item`, exactly the training CE target). When the model
     already wrote it canonically, the KV of its own decoding is reused (plus `<|im_end|>`), nothing re-encoded."""
     t0 = time.perf_counter()
     ctx = contexts.build(prefix)
     gen = torch.Generator().manual_seed(seed)
+    stream = {"streamer": streamer} if streamer is not None else {}
     ids, _, ctx_gen = engine.generate_text(ctx, max_length=max_tokens, temperature=temperature, top_p=top_p,
-                                           generator=gen)
+                                           generator=gen, **stream)
     text = clean_plan_text(engine.decode_text(ids), engine.tok)
     body = ids[1:]
     hit_max = len(ids) >= max_tokens

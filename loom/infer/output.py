@@ -11,6 +11,10 @@ Layout of an output folder:
 
 Everything is written to a hidden temp folder next to the target and moved in at the end, result.json last, so
 a crash never leaves a half-written item that looks finished (`loom.eval` and `--batch` resume on result.json).
+`check_output_dir` refuses an unwritable target before anything is generated; if writing still fails late (disk
+full, permissions changed), or Ctrl-C hits the write, the finished files are kept in `<out>.partial/` and the
+exception says so (`e.partial_output`). An interrupted generation is written there too (`"status":
+"interrupted"` in its result.json). New folders get the usual umask permissions.
 """
 
 from __future__ import annotations
@@ -20,15 +24,27 @@ import os
 import shutil
 import tempfile
 import time
+import uuid
 from pathlib import Path
 
 import torch
 from PIL import Image
 
+from .loop import InputError
 from .pipeline import GenerationResult
 from .storyboard import render_storyboard
 
 RESULT_FORMAT = "loom.generate/1"
+
+
+class OutputError(InputError):
+    """--out cannot be used (not a folder, not writable, or holds a finished result): found before generating."""
+
+
+def partial_dir(out: str | Path) -> Path:
+    """Where finished frames go when the item cannot be completed in `out` (interrupt, late write failure)."""
+    out = Path(out)
+    return out.with_name(out.name + ".partial")
 
 
 def frame_name(k: int) -> str:
@@ -89,6 +105,7 @@ def result_dict(res: GenerationResult, input_rels: list[str]) -> dict:
         "steps": steps,
         "inputs": input_rels,
         "text_source": "model" if (res.plan is None or res.plan.source == "model") else "given",
+        "status": "interrupted" if res.interrupted else "complete",
     }
     if res.plan is not None:
         d.update(res.plan.to_json())
@@ -130,21 +147,50 @@ def _write_json(path: Path, d: dict) -> None:
 
 
 def check_output_dir(out: str | Path, overwrite: bool = False) -> Path:
-    """Refuse to clobber a finished result (call before generating, so nothing is computed in vain)."""
+    """Refuse to clobber a finished result and make sure `out` can be written — call before generating, so
+    nothing is computed in vain."""
     out = Path(out)
     if out.exists() and not out.is_dir():
-        raise FileExistsError(f"--out {out} exists and is not a folder")
+        raise OutputError(f"--out {out} exists and is not a folder")
     if (out / "result.json").exists() and not overwrite:
-        raise FileExistsError(f"{out} already holds a finished result (result.json); pass --overwrite or choose "
-                              "another --out")
+        raise OutputError(f"{out} already holds a finished result (result.json); pass --overwrite or choose "
+                          "another --out")
+    check_writable(out)
     return out
 
 
+def check_writable(folder: str | Path) -> None:
+    """`folder` — or its nearest existing ancestor, where it would be created — accepts new entries. A probe
+    folder is made and removed: os.access alone misses read-only mounts (and is always true for root)."""
+    folder = Path(folder)
+    anc = folder
+    while not anc.exists() and anc != anc.parent:
+        anc = anc.parent
+    if not anc.is_dir():
+        raise OutputError(f"cannot create --out {folder}: {anc} is a file, not a folder")
+    try:
+        _new_dir(anc, ".loom-write-test-").rmdir()
+    except OSError as e:
+        raise OutputError(f"cannot write to --out {folder}: {anc} is not writable ({e.strerror or e})") from None
+
+
+def _new_dir(parent: Path, prefix: str) -> Path:
+    """A fresh folder with the umask's permissions (tempfile.mkdtemp would make it 0700 for good)."""
+    p = parent / f"{prefix}{uuid.uuid4().hex[:8]}"
+    p.mkdir()
+    return p
+
+
 def write_result(res: GenerationResult, out: str | Path, overwrite: bool = False) -> dict:
-    """Write frames, inputs, result.json and index.html into `out` atomically. Returns the result dict."""
+    """Write frames, inputs, result.json and index.html into `out` atomically. Returns the result dict. On a
+    failure or an interrupt after the files were made, they are kept in `partial_dir(out)` (or, if even that
+    rename fails, in the temp folder) and the exception carries that path as `partial_output`."""
     out = check_output_dir(out, overwrite)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        tmp = _new_dir(out.parent, f".{out.name}.tmp-")
+    except OSError:  # the target went away since the check: build the files where they can be kept
+        tmp = _new_dir(Path(tempfile.gettempdir()), f".loom-{out.name}.tmp-")
     try:
         input_rels = []
         for k, im in enumerate(res.inputs, 1):
@@ -166,9 +212,33 @@ def write_result(res: GenerationResult, out: str | Path, overwrite: bool = False
         (tmp / "index.html").write_text(render_storyboard(d, tmp), encoding="utf-8")
         _write_json(tmp / "result.json", d)
         _commit(tmp, out)
+    except BaseException as e:
+        kept = _keep_partial(tmp, out)
+        if kept is not None:
+            e.partial_output = kept
+        raise
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return d
+
+
+def _keep_partial(tmp: Path, out: Path) -> Path | None:
+    """Move whatever frames `tmp` holds to `<out>.partial` (replacing an older one); None if it holds none."""
+    if not tmp.is_dir() or not any(tmp.glob("frame_*.png")):
+        return None
+    dst = partial_dir(out)
+    try:
+        if dst.exists():
+            shutil.rmtree(dst)
+        os.replace(tmp, dst)
+        return dst
+    except OSError:
+        keep = tmp.with_name(tmp.name.lstrip(".") + ".partial")
+        try:
+            os.replace(tmp, keep)
+            return keep
+        except OSError:
+            return None
 
 
 def _commit(tmp: Path, out: Path) -> None:

@@ -50,7 +50,7 @@ def generate_samples(model: nn.Module, vae: nn.Module, tokenizer, prompts: list[
     fails is logged and skipped (sampling must never stop training)."""
     from .engine import Engine
     from .output import write_result
-    from .pipeline import GenerationSettings, Pipeline
+    from .pipeline import GenerationSettings, LoomPipeline
     from .planner import PlanError
 
     if task not in SAMPLE_TASKS:
@@ -60,7 +60,7 @@ def generate_samples(model: nn.Module, vae: nn.Module, tokenizer, prompts: list[
     written: list[Path] = []
     try:
         with torch.no_grad(), preserved_rng():
-            pipe = Pipeline(Engine(model, vae, tokenizer), build)
+            pipe = LoomPipeline(Engine(model, vae, tokenizer), build)
             side = sample_side(pipe.max_pixels_side(), pipe.stride, resolution)
             settings = GenerationSettings(seed=seed, resolution=(side, side), num_timesteps=num_timesteps,
                                           max_plan_tokens=max_plan_tokens)

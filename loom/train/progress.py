@@ -11,7 +11,7 @@ from __future__ import annotations
 import logging
 import sys
 import time
-from contextlib import AbstractContextManager, nullcontext
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 
 log = logging.getLogger("loom.train")
 
@@ -32,9 +32,7 @@ class Progress:
         """Console log lines are written through tqdm so they do not tear the bar."""
         if self.bar is None:
             return nullcontext()
-        from tqdm.contrib.logging import logging_redirect_tqdm
-
-        return logging_redirect_tqdm(loggers=[logging.getLogger("loom")])
+        return _redirect_keeping_level(logging.getLogger("loom"))
 
     def update(self, rec: dict) -> None:
         if self.bar is None:
@@ -53,3 +51,23 @@ class Progress:
         if self.bar is not None:
             self.bar.close()
             self.bar = None
+
+
+def _console(h: logging.Handler) -> bool:
+    """The handlers tqdm replaces: streams to the terminal (not log files, not pytest's capture handlers)."""
+    return isinstance(h, logging.StreamHandler) and getattr(h, "stream", None) in (sys.stdout, sys.stderr)
+
+
+@contextmanager
+def _redirect_keeping_level(logger: logging.Logger):
+    """tqdm's `logging_redirect_tqdm`, plus the console handler's level (tqdm's stand-in has none: `--log-level
+    warning` would print INFO lines again while the bar is up)."""
+    from tqdm.contrib.logging import logging_redirect_tqdm
+
+    before = list(logger.handlers)
+    level = next((h.level for h in before if _console(h)), logging.NOTSET)
+    with logging_redirect_tqdm(loggers=[logger]):
+        for h in logger.handlers:
+            if h not in before:  # tqdm's stand-in
+                h.setLevel(level)
+        yield

@@ -115,17 +115,23 @@ def build_export_meta(build: BuildConfig, entities: EntityVocab | None, dropout=
     return meta
 
 
-def _setup_logging(run_dir: Path, rank: int) -> None:
+def _setup_logging(run_dir: Path, rank: int, level: str = "info") -> None:
+    """Each rank logs to its own file; the console shows `level` and up, and only rank 0 prints below ERROR
+    (every rank sees the same collective events — skipped steps, SIGTERM — so other ranks would repeat them)."""
     (run_dir / "logs").mkdir(parents=True, exist_ok=True)
+    lvl = logging.getLevelName(level.upper())
+    if not isinstance(lvl, int):
+        raise ValueError(f"log.level={level!r}: choose debug, info, warning or error")
     root = logging.getLogger("loom")
-    root.setLevel(logging.INFO)
+    root.setLevel(min(lvl, logging.INFO))  # the log files keep info even when the console is quieter
     for h in list(root.handlers):
         if getattr(h, "_loom", False):
             root.removeHandler(h)
+            h.close()  # the previous run's log file
     fmt = logging.Formatter(f"%(asctime)s [rank{rank}] %(levelname)s %(name)s: %(message)s", "%H:%M:%S")
     fh = logging.FileHandler(run_dir / "logs" / f"train-rank{rank:05d}.log")
     sh = logging.StreamHandler()
-    sh.setLevel(logging.INFO if rank == 0 else logging.WARNING)
+    sh.setLevel(lvl if rank == 0 else max(lvl, logging.ERROR))
     for h in (fh, sh):
         h.setFormatter(fmt)
         h._loom = True
@@ -149,7 +155,7 @@ class Trainer:
         self.info = parallel.init_distributed()
         self.run_dir = Path(cfg.run.dir)
         self.run_dir.mkdir(parents=True, exist_ok=True)
-        _setup_logging(self.run_dir, self.info.rank)
+        _setup_logging(self.run_dir, self.info.rank, cfg.log.level)
         self.config_yaml = to_yaml(cfg)
         if self.info.is_main:
             atomic_write_text(self.run_dir / "config.yaml", self.config_yaml)

@@ -22,7 +22,7 @@ def _write_batch(tmp_path: Path) -> Path:
     pattern_image(21).save(tmp_path / "a.png")
     rows = [{"id": "tut-1", "prompt": "Draw a fish"},
             {"id": "t2i-1", "task": "t2i", "prompt": "a green circle"},
-            {"id": "tut-2", "prompt": "Paint this", "images": ["a.png"], "steps": 1},
+            {"id": "tut-2", "prompt": "Paint this", "images": ["a.png"], "num_plan_steps": 1},
             {"id": "edit-1", "task": "edit", "prompt": "make it darker", "images": ["a.png"]},
             {"id": "t2i-2", "task": "t2i", "prompt": "a blue square", "seed": 5}]
     f = tmp_path / "prompts.jsonl"
@@ -59,7 +59,7 @@ def test_resume_and_failures(pipe, tiny_settings, tmp_path):
     assert not (root / "broken").exists()
     d = json.loads((root / "tut-1" / "result.json").read_text())
     assert d["seeds"]["base"] == item_seed(9, "tut-1") and len(d["steps"]) == 2
-    assert len(json.loads((root / "tut-2" / "result.json").read_text())["steps"]) == 1  # per-item "steps": 1
+    assert len(json.loads((root / "tut-2" / "result.json").read_text())["steps"]) == 1  # per-item "num_plan_steps": 1
     assert json.loads((root / "t2i-2" / "result.json").read_text())["seeds"]["base"] == 5
     before = _snapshot(root)
     # an interrupted item: its result.json never got written → only it is redone, identically

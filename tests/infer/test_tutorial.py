@@ -40,12 +40,12 @@ def test_fixed_plan_frames_and_history(pipe, tiny_settings, tmp_path):
 
 
 def test_seeded_runs_are_reproducible_and_steps_cap(pipe, tiny_settings):
-    s = tiny_settings(seed=3, num_steps=2)
+    s = tiny_settings(seed=3, num_plan_steps=2)
     a = pipe.run("tutorial", "Draw an owl", settings=s, planner=FixedPlanner(STEPS))
     b = pipe.run("tutorial", "Draw an owl", settings=s, planner=FixedPlanner(STEPS))
     assert len(a.frames) == 2 and a.plan.steps == STEPS[:2] and a.plan.truncated == STEPS[2:]
     assert all(x.image.tobytes() == y.image.tobytes() for x, y in zip(a.frames, b.frames))
-    c = pipe.run("tutorial", "Draw an owl", settings=tiny_settings(seed=4, num_steps=2), planner=FixedPlanner(STEPS))
+    c = pipe.run("tutorial", "Draw an owl", settings=tiny_settings(seed=4, num_plan_steps=2), planner=FixedPlanner(STEPS))
     assert a.frames[0].image.tobytes() != c.frames[0].image.tobytes()
 
 

@@ -30,6 +30,7 @@ def test_two_process_fsdp_matches_single_process(tmp_path):
            "-m", "loom.train", str(y), *tiny_overrides(two, *COMMON, "data.batch_size=1", "parallel.shard=full")]
     r = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stdout[-3000:] + r.stderr[-3000:]
+    assert r.stdout.count("[loom] training finished at step 3") == 1  # rank-0-only messages print once
 
     m1, m2 = read_metrics(one), read_metrics(two)
     assert len(m1) == len(m2) == 3
