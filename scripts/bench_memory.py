@@ -43,6 +43,39 @@ STEPS = ["fold the square in half", "fold the corners to the centre", "turn it o
          "shape the neck and tail", "open the wings"]
 
 
+class AnonPeak:
+    """Peak private (anonymous) resident memory, sampled every 5 ms from /proc/self/status RssAnon — weights
+    mapped from the safetensors file are file-backed and not in it. The child runs with a 64 KiB mmap threshold
+    so that freed tensors go back to the OS at once instead of staying in glibc's heap."""
+
+    def __init__(self) -> None:
+        import threading
+
+        self.peak, self._stop = 0.0, threading.Event()
+        self._t = threading.Thread(target=self._run, daemon=True)
+
+    @staticmethod
+    def now() -> float:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("RssAnon:"):
+                return int(line.split()[1]) / 1024
+        return 0.0
+
+    def _run(self) -> None:
+        while not self._stop.wait(0.005):
+            self.peak = max(self.peak, self.now())
+
+    def __enter__(self) -> AnonPeak:
+        self.peak = self.now()
+        self._t.start()
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self._stop.set()
+        self._t.join()
+        self.peak = max(self.peak, self.now())
+
+
 def _rss_mib() -> float:
     """Peak resident set of this process image: VmHWM (ru_maxrss would carry the parent's peak over exec)."""
     for line in Path("/proc/self/status").read_text().splitlines():
@@ -93,11 +126,13 @@ def quant_child(folder: str, mode: str, out: str) -> None:
     from loom.infer.quantize import linear_weight_bytes, tensor_nbytes
 
     torch.set_num_threads(2)
-    rss0 = _rss_mib()
+    rss0, anon0 = _rss_mib(), AnonPeak.now()
     t0 = time.perf_counter()
-    ld = load_pretrained(folder, device="cpu", dtype="fp32", verbose=False, quantize=mode)
+    with AnonPeak() as load_anon:
+        ld = load_pretrained(folder, device="cpu", dtype="fp32", verbose=False, quantize=mode)
     load_s = time.perf_counter() - t0
     rss_load = _rss_mib()
+    gen_anon = AnonPeak().__enter__()
     eng = Engine(ld.model, ld.vae, ld.tokenizer)
     cfg = ld.config
     g = torch.Generator().manual_seed(3)
@@ -112,9 +147,12 @@ def quant_child(folder: str, mode: str, out: str) -> None:
     lat = eng.generate_image(cond, uncond, ctx, 18, 18, sampler, noise=torch.randn(324, cfg.latent_token_dim,
                                                                                       generator=g), frame=3)
     img, _ = eng.decode_latents(lat, 18, 18)
+    gen_anon.__exit__()
     save_file({"latents": lat.contiguous(), "image": img.contiguous()}, out)
     print(json.dumps({"mode": mode, "peak_rss_mib": round(_rss_mib(), 1), "rss_after_imports_mib": round(rss0, 1),
-                      "peak_rss_after_load_mib": round(rss_load, 1), "load_seconds": round(load_s, 2),
+                      "peak_rss_after_load_mib": round(rss_load, 1), "anon_after_imports_mib": round(anon0, 1),
+                      "peak_anon_load_mib": round(load_anon.peak, 1), "peak_anon_generate_mib": round(gen_anon.peak, 1),
+                      "load_seconds": round(load_s, 2),
                       "param_bytes": sum(tensor_nbytes(p) for p in ld.model.parameters()),
                       "linear_weight_bytes": linear_weight_bytes(ld.model), "quantize": ld.describe()["quantize"],
                       "context_tokens": cond.kv_len}))
@@ -136,13 +174,16 @@ def run_quant() -> dict:
         for mode in MODES:
             out = Path(tmp) / f"{mode}.safetensors"
             res = subprocess.run([sys.executable, __file__, "--child", str(folder), mode, str(out)],
-                                 capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin"})
+                                 capture_output=True, text=True, env={"PYTHONPATH": str(ROOT), "PATH": "/usr/bin",
+                                                                      "MALLOC_MMAP_THRESHOLD_": "65536"})
             if res.returncode != 0:
                 rows.append({"mode": mode, "error": res.stderr[-1500:]})
                 continue
             rows.append(json.loads(res.stdout.strip().splitlines()[-1]))
             outs[mode] = load_file(str(out))
-            print(f"  {mode}: peak RSS {rows[-1]['peak_rss_mib']} MiB, params {rows[-1]['param_bytes'] / 2**20:.1f} MiB")
+            r = rows[-1]
+            print(f"  {mode}: peak RSS {r['peak_rss_mib']} MiB, private peak load {r['peak_anon_load_mib']} / "
+                  f"generate {r['peak_anon_generate_mib']} MiB, params {r['param_bytes'] / 2**20:.1f} MiB")
     ref = outs.get("none")
     for r in rows:
         if ref is not None and r["mode"] in outs:
@@ -151,8 +192,10 @@ def run_quant() -> dict:
                             "decoded_psnr_db": psnr(outs[r["mode"]]["image"], ref["image"])}
     return {"what": "measured on CPU: the narrow model (bench_model.narrow_config, pixel autoencoder) as a random-"
                     "weight fp32 release, loaded with --quantize MODE on every part, one 18x18-token image rendered "
-                    "with text + image CFG (5 steps); peak RSS is the process's (Python + torch + weights + "
-                    "activations); deviation against mode none (fp32)", "rows": rows, "machine": machine()}
+                    "with text + image CFG (5 steps). peak_rss: VmHWM of the process (Python, torch, weights, "
+                    "activations, and the safetensors file pages mapped while loading); peak_anon_*: sampled peak "
+                    "private memory while loading / generating (mode none keeps its fp32 weights as file-backed "
+                    "pages of the mapped file, so they are not in it); deviation against mode none (fp32)", "rows": rows, "machine": machine()}
 
 
 # ---- weights7b: exact bytes per mode from parameter counts --------------------------------------------------------
