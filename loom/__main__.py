@@ -12,6 +12,8 @@ COMMANDS = {
     "train": ("loom.train.__main__", "train or fine-tune (configs/train/*.yaml)"),
     "data": ("loom.data.__main__", "validate and inspect training manifests"),
     "eval": ("loom.eval.__main__", "generate-then-score benchmarks (the paper's tables)"),
+    "export-video": ("loom.infer.video", "a generated tutorial as GIF / MP4 with step captions"),
+    "serve": ("loom.app.__main__", "web demo (Gradio, 127.0.0.1): tutorial, compose, decompose, style"),
 }
 
 

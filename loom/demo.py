@@ -1,10 +1,10 @@
 """`python -m loom.demo` (`make demo`): the main job on a fresh machine.
 
-Default: the shapes-world demo (`loom.world.demo`): train a tiny Loom from scratch on the CPU within a wall-clock
-budget (`--steps`, default 6000 ≈ 17 min on an idle 2-core CPU, capped by `--minutes`; generation and scoring
-take about 1–2 more), generate held-out
-text→ and image→tutorials plus composition and style examples, judge them, and write `runs/demo/report.html`
-and `runs/demo/metrics.json`.
+Default: the shapes-world demo (`loom.world.demo`): world data → `loom.train` on configs/train/shapes_demo.yaml
+(a tiny Loom trained from scratch on the CPU for a fixed number of optimizer steps) → its export copied to
+`runs/demo/model` → held-out text→ and image→tutorials, compositions and style transfers generated from that
+export with `loom generate --batch`'s code → judged → `runs/demo/report.html` and `runs/demo/metrics.json`.
+Measured minutes and scores: evals/shapes/demo_scores.md. Rerun after Ctrl-C to resume training.
 
 `--smoke`: the fixture smoke demo on the shipped BAGEL-tiny release (random weights exported by the official
 code): strict load → reference parity of every fixture case → KV-cached text answer → text-to-image with batched
@@ -28,27 +28,35 @@ FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "bagel
 def main(argv: list[str] | None = None) -> int:
     ap = argparse.ArgumentParser(prog="python -m loom.demo", description=__doc__.splitlines()[0])
     ap.add_argument("--smoke", action="store_true", help="run the fixture smoke demo instead of the shapes world")
-    ap.add_argument("--minutes", type=float, default=None,
-                    help="shapes world: wall-clock cap on training in minutes (default 45)")
-    ap.add_argument("--steps", type=int, default=None,
-                    help="shapes world: optimizer steps (default 6000, the smallest measured budget that reaches the "
-                         "thresholds); 0 = train for --minutes instead")
+    ap.add_argument("--train-steps", type=int, default=None,
+                    help="shapes world: optimizer steps (default: run.total_steps of configs/train/shapes_demo.yaml)")
+    ap.add_argument("--max-minutes", type=float, default=None,
+                    help="shapes world: opt-in wall-clock cap on training (stops EARLY, loudly; rerun to finish)")
     ap.add_argument("--seed", type=int, default=0, help="shapes world: data, model and sampling seed")
     ap.add_argument("--threads", type=int, default=0,
                     help="shapes world: torch threads (default 0 = auto: 2 on an idle machine, 1 on a busy one)")
+    ap.add_argument("--stage", choices=["data", "train", "all"], default="all",
+                    help="shapes world: stop after writing the data, after training, or run everything (default)")
+    ap.add_argument("--set", dest="overrides", action="append", default=[], metavar="KEY=VALUE",
+                    help="shapes world: override of the training config (repeatable), e.g. --set optim.lr=2e-3")
     ap.add_argument("--model", default=str(FIXTURE), help="--smoke: a BAGEL-layout folder (default: the fixture)")
     ap.add_argument("--out", default=None, help="output folder (default runs/demo, --smoke: runs/demo-smoke)")
     args = ap.parse_args(argv)
     if not args.smoke:
+        from .config import ConfigError
         from .world.demo import DemoConfig, run_demo
 
-        cfg = DemoConfig(seed=args.seed, threads=args.threads)
-        if args.minutes is not None:
-            cfg.minutes = args.minutes
-        if args.steps is not None:
-            cfg.steps = args.steps or None
-        run_demo(cfg, args.out or "runs/demo")
-        return 0
+        overrides = list(args.overrides)
+        if args.max_minutes is not None:
+            overrides.append(f"run.max_minutes={args.max_minutes}")
+        cfg = DemoConfig(seed=args.seed, threads=args.threads, train_steps=args.train_steps, overrides=overrides)
+        stages = {"data": ("data",), "train": ("data", "train"), "all": ("data", "train", "generate")}[args.stage]
+        try:
+            res = run_demo(cfg, args.out or "runs/demo", stages=stages)
+        except ConfigError as e:
+            print(f"error: {e}")
+            return 2
+        return 0 if res.get("status", "finished") in ("finished", "trained") or "passed" in res else 1
     return smoke(args)
 
 

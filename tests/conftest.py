@@ -23,3 +23,12 @@ def bagel_tiny():
     torch.manual_seed(0)
     model, vae, tok, cfg = load_bagel(FIXTURE, verbose=False)
     return model.eval(), vae, tok, cfg
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Headless Chromium (Debian's `chromium` through Playwright), launched once; see tests/browser.py."""
+    from browser import launch
+
+    with launch() as ctx:
+        yield ctx

@@ -1,6 +1,14 @@
-"""`loom data validate MANIFEST …` (also `python -m loom.data validate …`): check every row of a training manifest
-— schema, files exist and decode, plan steps match frames, every built instance fits the token budget — and
-print a summary. Exit status 1 when any row has an error."""
+"""`loom data …` (also `python -m loom.data …`): build and check training manifests (data/README.md).
+
+  validate       check every row — schema, files exist and decode, plan steps match frames, every built instance
+                 fits the token budget — and print a summary; exit status 1 when any row has an error
+  frames         videos / image folders / blog pages → 4–6 distinct frames each (frames.jsonl)
+  caption        frames.jsonl → tutorial manifest, a VLM writes the prompt and one caption per frame
+  filter         manifests → filtered manifest (≥ 3 steps, CLIP alignment, visual change, near-duplicates,
+                 overlap with held-out data) and a funnel report
+  compose-pairs  isolated-subject images → composition + decomposition rows with entity tokens
+  destylize      stylised references → (style, content, output) style-transfer rows via an image-edit endpoint
+"""
 
 from __future__ import annotations
 
@@ -64,7 +72,11 @@ def validate_main(args) -> int:
 
 
 def main(argv: list[str] | None = None) -> int:
-    ap = argparse.ArgumentParser(prog="loom data", description="Training-manifest tools (formats: data/README.md).")
+    from .construct.cli import add_parsers
+    from .construct.stage import StageError
+
+    ap = argparse.ArgumentParser(prog="loom data", description="Build and check training manifests "
+                                 "(formats and the construction pipeline: data/README.md).")
     sub = ap.add_subparsers(dest="cmd", required=True)
     v = sub.add_parser("validate", help="check every row of a manifest and print a summary")
     v.add_argument("manifest", type=Path, help="manifest .jsonl / .parquet / HF datasets folder")
@@ -78,8 +90,27 @@ def main(argv: list[str] | None = None) -> int:
     v.add_argument("--limit", type=int, default=None, help="check only the first N rows")
     v.add_argument("--format", default="auto", help="auto | jsonl | parquet | hf")
     v.add_argument("--json", help="also write the report as JSON here")
-    args = ap.parse_args(argv)
-    return validate_main(args)
+    v.set_defaults(fn=validate_main)
+    add_parsers(sub)
+    args, extra = ap.parse_known_args(argv)
+    # argparse cannot take positionals after an option when the first positional already matched: accept
+    # `validate MANIFEST --train-config X key=value …` as well as the overrides before the option
+    if extra and args.cmd == "validate" and all("=" in x and not x.startswith("-") for x in extra):
+        args.overrides += extra
+    elif extra:
+        ap.error(f"unrecognized arguments: {' '.join(extra)}")
+    try:
+        return int(args.fn(args) or 0)
+    except (StageError, ValueError, FileNotFoundError) as e:
+        print(f"loom data {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
+    except Exception as e:
+        from ..utils.openai_client import EndpointError  # lazily: openai is not needed by validate / frames
+
+        if not isinstance(e, EndpointError):
+            raise
+        print(f"loom data {args.cmd}: error: {e}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

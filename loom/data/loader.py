@@ -17,6 +17,7 @@ from __future__ import annotations
 import copy
 import hashlib
 import logging
+import math
 import random
 from collections.abc import Iterator
 from dataclasses import dataclass, field, replace
@@ -41,6 +42,9 @@ class SourceConfig:
     split: str = "train"  # HF datasets split
     num_rows: int = 64  # synthetic only: rows in the source
     image_size: int = 32  # synthetic only: VAE image side in pixels
+    # BuildConfig overrides for this source only, merged over data.build (e.g. the same tutorial manifest once as
+    # frame instances and once as plan-only instances: {frames_per_visit: 0})
+    build: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -56,10 +60,22 @@ class DataConfig:
     text_cond_dropout: float = 0.1  # BAGEL ModelArguments defaults (bagel-spec §4.2)
     vit_cond_dropout: float = 0.3
     vae_cond_dropout: float = 0.3
+    # per sample, drop ALL CFG-eligible texts / ALL eligible images together (exclusive): the exact contexts of
+    # the inference CFG branches (loom.data.packing); 0 = per-item dropout only (BAGEL)
+    whole_text_cond_dropout: float = 0.0
+    whole_image_cond_dropout: float = 0.0
+    # share of noisy targets whose timestep logit is logit(u), u ~ U(0, 1), instead of BAGEL's N(0, 1) draw (the
+    # train-time shift, loss.timestep_shift, applies to both): a high shift alone almost never trains t < 0.2, the
+    # last denoising steps, which then leave per-pixel noise in small-image generations (evals/shapes/demo_scores.md)
+    timestep_uniform: float = 0.0
     # overrides of loom.data.builders.BuildConfig (resolution rules, K_max, N_max, ablations); its own dropout
     # fields are unused by the trainer: the *_cond_dropout values above apply
     build: dict[str, Any] = field(default_factory=dict)
     max_bad_samples: int = 100  # stop when more corrupt samples than this were skipped (all ranks)
+
+    def cond_dropout(self) -> CondDropout:
+        return CondDropout(self.text_cond_dropout, self.vit_cond_dropout, self.vae_cond_dropout,
+                           self.whole_text_cond_dropout, self.whole_image_cond_dropout)
 
 
 class DataError(RuntimeError):
@@ -155,8 +171,8 @@ def build_sources(cfg: DataConfig, tokenizer, tokens: SpecialTokens, geometry: P
         else:
             from .manifest import ManifestSource
 
-            out[name] = ManifestSource(sc.path, sc.format, sc.split, tokenizer, tokens, cfg.build, geometry,
-                                       model_slots)
+            out[name] = ManifestSource(sc.path, sc.format, sc.split, tokenizer, tokens, {**cfg.build, **sc.build},
+                                       geometry, model_slots)
     if not out:
         raise DataError("data.sources is empty: add at least one source (see data/README.md)")
     return out
@@ -281,7 +297,7 @@ class PackedStream:
                                 state["stream"] if state else None)
         self.num_bad = state["num_bad"] if state else 0
         self.num_too_long = state["num_too_long"] if state else 0
-        self.dropout = CondDropout(cfg.text_cond_dropout, cfg.vit_cond_dropout, cfg.vae_cond_dropout)
+        self.dropout = cfg.cond_dropout()
         self._pending: tuple[SequencePlan, int, int] | None = None
         self._pending_state: dict | None = None
 
@@ -321,13 +337,14 @@ class PackedStream:
         if self.num_bad > self.cfg.max_bad_samples:
             raise DataError(f"{self.num_bad} corrupt samples skipped (> data.max_bad_samples="
                             f"{self.cfg.max_bad_samples}); last: {self.plans.events[-1:]}")
-        packed = pack_plans(plans, keys, self.tokens, self.geometry, self.dropout, self.ensure_vit)
+        packed = pack_plans(plans, keys, self.tokens, self.geometry, self.dropout, self.ensure_vit,
+                            self.cfg.timestep_uniform)
         events, self.plans.events = self.plans.events, []
         return TrainBatch(packed, keys, len(plans), events)
 
 
 def pack_plans(plans: list[SequencePlan], keys: list[int], tokens: SpecialTokens, geometry: PackGeometry,
-               dropout: CondDropout, ensure_vit: bool = False) -> PackedBatch:
+               dropout: CondDropout, ensure_vit: bool = False, timestep_uniform: float = 0.0) -> PackedBatch:
     """`pack_sequences` with every random choice taken from each sample's own key (see module docstring).
 
     `ensure_vit`: if no ViT image survives, append a one-patch ViT-only pseudo-sample (its own document, no
@@ -338,12 +355,19 @@ def pack_plans(plans: list[SequencePlan], keys: list[int], tokens: SpecialTokens
     for plan, key in zip(plans, keys):
         rng = random.Random(key)
         gen = torch.Generator().manual_seed(key)
+        if dropout.whole:  # its own stream: switching whole-condition dropout on leaves the per-item draws as they were
+            draws.append(random.Random(stable_seed(key, "whole-condition")).random())
+        mix = random.Random(stable_seed(key, "timestep-mix")) if timestep_uniform > 0 else None  # own stream
         items = []
         for it in plan.items:
             if it.enable_cfg and probs[it.type] > 0:
                 draws.append(rng.random())
             if it.type == "vae_image" and it.loss and it.timestep_logit is None:
-                it = replace(it, timestep_logit=float(torch.randn(1, generator=gen)))
+                logit = float(torch.randn(1, generator=gen))
+                if mix is not None and mix.random() < timestep_uniform:
+                    u = min(max(mix.random(), 1e-6), 1 - 1e-6)
+                    logit = math.log(u / (1 - u))
+                it = replace(it, timestep_logit=logit)
             items.append(it)
         fixed.append(SequencePlan(items, plan.source))
     packed = pack_sequences(fixed, tokens, geometry, dropout, _ScriptedRandom(draws))

@@ -4,7 +4,13 @@ Per sample (rope starts at 0, `curr` is the global offset):
   text      `<|im_start|> ids <|im_end|>`  causal, rope consecutive, += len+2; CE on `<|im_start|>`+ids → ids+`<|im_end|>`
   vit_image `<vs> N patches <ve>`          full, one shared rope id, += 1
   vae_image `<vs> h·w latents <ve>`        clean: full, t = 0, rope += 1 │ target: noise, t ~ logit-normal, rope += 0
-CFG dropout (per item with enable_cfg): dropped text leaves no gap; dropped images still advance rope by 1.
+CFG dropout (items with enable_cfg): dropped text leaves no gap; dropped images still advance rope by 1.
+  per item        each eligible item independently (BAGEL's text / vit / vae probabilities);
+  whole condition per sample, one draw u: u < whole_text drops ALL eligible texts, else u < whole_text +
+                  whole_image drops ALL eligible images, and nothing else is dropped — exactly the
+                  text-unconditional / image-unconditional contexts the inference CFG branches build
+                  (`loom.infer.loop.ItemContexts.drop`), which per-item dropout almost never produces (a
+                  tutorial frame with 10 image items: 0.3^10 ≈ 6e-6).
 """
 
 from __future__ import annotations
@@ -37,11 +43,31 @@ class PackGeometry:
 
 @dataclass(frozen=True)
 class CondDropout:
-    """Probabilities of dropping a CFG-eligible item (BAGEL model defaults 0.1 / 0.3 / 0.3)."""
+    """Probabilities of dropping CFG-eligible items: per item (BAGEL model defaults 0.1 / 0.3 / 0.3) and per
+    sample, all texts / all images together (mutually exclusive; see the module docstring)."""
 
     text: float = 0.0
     vit: float = 0.0
     vae: float = 0.0
+    whole_text: float = 0.0
+    whole_image: float = 0.0
+
+    def __post_init__(self) -> None:
+        probs = (self.text, self.vit, self.vae, self.whole_text, self.whole_image)
+        if not all(0.0 <= p <= 1.0 for p in probs) or self.whole_text + self.whole_image > 1.0:
+            raise ValueError(f"condition dropout probabilities must lie in [0, 1] with whole_text + whole_image "
+                             f"≤ 1, got {self}")
+
+    @property
+    def whole(self) -> bool:
+        """Whether a sample draws one whole-condition number (before its per-item draws)."""
+        return self.whole_text > 0 or self.whole_image > 0
+
+    def whole_mode(self, u: float) -> str | None:
+        """"text" / "image" (what the sample drops entirely) or None (per-item dropout) for a draw u ∈ [0, 1)."""
+        if u < self.whole_text:
+            return "text"
+        return "image" if u < self.whole_text + self.whole_image else None
 
 
 class _Builder:
@@ -83,20 +109,30 @@ def _check_image(img: Tensor, stride: int, what: str, source: str) -> tuple[int,
     return h // stride, w // stride
 
 
+def _dropped(rng: random.Random, whole: str | None, kind: str, prob: float) -> bool:
+    """Per-item decision for an eligible item of `kind`; the per-item draw is consumed even when the sample's
+    whole-condition mode decides (a fixed draw count keeps scripted draws aligned, `loom.data.loader`)."""
+    hit = prob > 0 and rng.random() < prob
+    return whole == kind if whole is not None else hit
+
+
 def pack_sequences(plans: list[SequencePlan], tokens: SpecialTokens, geometry: PackGeometry,
                    dropout: CondDropout | None = None, rng: random.Random | None = None,
                    timestep_generator: torch.Generator | None = None) -> PackedBatch:
     """Pack several samples into one batch. Randomness (CFG dropout, timestep logits) comes only from `rng` and
-    `timestep_generator`; items may carry explicit `timestep_logit`s for exact reproducibility."""
+    `timestep_generator`; items may carry explicit `timestep_logit`s for exact reproducibility. Draw order per
+    sample: the whole-condition draw (if `dropout.whole`), then one draw per eligible item with a per-item
+    probability > 0 — drawn even when the whole-condition draw already decided, so the count never varies."""
     dropout = dropout or CondDropout()
     rng = rng or random.Random(0)
     b = _Builder()
     sample_lens, sources = [], []
     for plan in plans:
         start, rope = b.curr, 0
+        whole = dropout.whole_mode(rng.random()) if dropout.whole else None
         for item in plan.items:
             if item.type == "text":
-                if item.enable_cfg and dropout.text > 0 and rng.random() < dropout.text:
+                if item.enable_cfg and _dropped(rng, whole, "text", dropout.text):
                     continue  # dropped text leaves no rope gap
                 ids = [tokens.bos, *item.text_ids, tokens.eos]
                 b.add_text_tokens(ids, rope)
@@ -115,7 +151,7 @@ def pack_sequences(plans: list[SequencePlan], tokens: SpecialTokens, geometry: P
                 continue
 
             prob = dropout.vit if item.type == "vit_image" else dropout.vae
-            if item.enable_cfg and prob > 0 and rng.random() < prob:
+            if item.enable_cfg and _dropped(rng, whole, "image", prob):
                 rope += 1  # dropped images still advance rope (bagel-spec §4.2)
                 continue
             if item.type == "vit_image":

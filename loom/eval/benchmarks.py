@@ -19,11 +19,10 @@ from typing import Any
 
 from PIL import Image
 
+from loom.data.construct.prompts import painting_prompt, recipe_prompt  # shared with the training converters
 from loom.eval.fsio import EvalInputError
 from loom.eval.omnicontext import TASKS, OmniItem
 
-RECIPE_PROMPT = "Create a tutorial for making {goal}."  # phrasing of the paper's Fig. 4
-PAINTING_PROMPT = "Create a {n}-step tutorial that ends at the given image: {subject}."  # [our choice], §3
 PAINTING_DOMAINS = ("oil painting", "ink painting", "pencil sketch", "line draw", "painting", "sketch")
 
 
@@ -144,7 +143,7 @@ def load_recipegen(
             BenchItem(
                 rid,
                 "recipegen",
-                RECIPE_PROMPT.format(goal=goal.strip().rstrip(".")),
+                recipe_prompt(goal),
                 meta={"goal": goal, "gt_steps": steps},
             )
         )
@@ -194,7 +193,7 @@ def split_grid(image: Image.Image, rows: int, cols: int) -> list[Image.Image]:
     ]
 
 
-def _makeanything_samples(source: Path) -> Iterator[tuple[str, Image.Image, str]]:
+def makeanything_samples(source: Path) -> Iterator[tuple[str, Image.Image, str]]:
     """(stem, grid image, caption) from a folder of image + .caption/.txt pairs or from WebDataset .tar shards."""
     if not source.exists():
         raise EvalInputError(f"MakeAnything source not found: {source}")
@@ -222,6 +221,12 @@ def _makeanything_samples(source: Path) -> Iterator[tuple[str, Image.Image, str]
                         yield p.stem, im.convert("RGB"), cap.read_text(encoding="utf-8").strip()
 
 
+def caption_subject(caption: str) -> str:
+    """"2*2 of 4 sub-images, step-by-step oil painting of a cat." → "step-by-step oil painting of a cat" (the
+    first line: later lines of a caption file may hold step captions, see scripts/convert_makeanything.py)."""
+    return _GRID.sub("", caption.strip().split("\n", 1)[0]).strip().rstrip(".")
+
+
 def painting_domain(caption: str) -> str | None:
     low = caption.lower()
     return next((d for d in PAINTING_DOMAINS if d in low), None)
@@ -232,19 +237,19 @@ def load_makeanything(
 ) -> list[BenchItem]:
     """Painting-type grids with `num_panels` panels; the condition is the final panel (eval-protocols §3)."""
     items = []
-    for stem, grid, caption in _makeanything_samples(Path(source)):
+    for stem, grid, caption in makeanything_samples(Path(source)):
         if ids is not None and stem not in ids:
             continue
         rows, cols = grid_shape(caption, grid.size)
         if rows * cols != num_panels or painting_domain(caption) is None:
             continue
         panels = split_grid(grid, rows, cols)
-        subject = _GRID.sub("", caption).strip().rstrip(".")
+        subject = caption_subject(caption)
         items.append(
             BenchItem(
                 stem,
                 "makeanything",
-                PAINTING_PROMPT.format(n=num_panels, subject=subject),
+                painting_prompt(num_panels, subject),
                 inputs=[panels[-1]],
                 meta={
                     "caption": caption,

@@ -1,6 +1,10 @@
 """A tiny end-to-end run of every table on generated toy data: fake generators, a fake judge on 127.0.0.1, a
 random tiny CLIP, synthetic human ratings. Proves the plumbing from "model folder" to "table files"; the numbers
 mean nothing. `python -m loom.eval dry-run --out /tmp/loom-dry`.
+
+Nothing it writes can pass for a real result: the judge is asked for and recorded under the fake judge's own name
+(`FAKE_JUDGE_MODEL`, in every judge record and score summary), run labels read "… (dry run)", and every table
+says DRY RUN in its caption, its rows' source column, its notes and its JSON (`"dry_run": {…}`).
 """
 
 from __future__ import annotations
@@ -17,7 +21,7 @@ from loom.eval import benchmarks as B
 from loom.eval import omnicontext as O
 from loom.eval import tables as T
 from loom.eval.clip_score import TransformersClip, write_clip_scores
-from loom.eval.fakes import FakeJudgeServer, build_tiny_clip, fake_tutorial_generator
+from loom.eval.fakes import FAKE_JUDGE_MODEL, FakeOpenAIServer, build_tiny_clip, fake_tutorial_generator
 from loom.eval.harness import ExternalPlanGenerator, load_plans, run_generation
 from loom.eval.human import load_human_csv
 from loom.eval.judge import JudgeClient, JudgeConfig
@@ -78,62 +82,83 @@ def _human_csv(path: Path, labels: list[str], cases: list[str], crits: tuple[str
     return path
 
 
+LOOM = "Loom (dry run)"
+DRY_RUN_NOTE = "fake generators and a fake judge on toy data: the numbers mean nothing"
+
+
+def mark_dry_run(t: T.Table, judge: str = FAKE_JUDGE_MODEL) -> T.Table:
+    """Label a table built from dry-run files as such: caption, every row of ours, notes and JSON."""
+    t.caption = f"DRY RUN (fake judge {judge}) — {t.caption}"
+    for row in t.rows:
+        if row[1] == "ours":
+            row[1] = f"dry run, {judge}"
+    t.notes.insert(0, f"DRY RUN: {DRY_RUN_NOTE}; judge {judge}")
+    t.data["dry_run"] = {"judge": judge, "note": DRY_RUN_NOTE}
+    return t
+
+
+def _write(t: T.Table, out: Path) -> list[Path]:
+    return T.write_table(mark_dry_run(t), out / "tables")
+
+
 def dry_run(out: Path) -> list[Path]:
     out = Path(out)
     data = make_toy_data(out / "data")
     os.environ.setdefault("LOOM_DRY_RUN_KEY", "dry-run")
     written: list[Path] = []
-    with FakeJudgeServer() as srv:
+    with FakeOpenAIServer() as srv:
 
-        def client(model: str, official: bool = False) -> JudgeClient:
+        def client(official: bool = False) -> JudgeClient:
+            """The fake judge under its own name, with the request settings of the real one it stands in for
+            (GPT-4o rubric scoring: JSON mode, temperature 0; OmniContext official: neither)."""
             return JudgeClient(
                 JudgeConfig(
-                    model=model,
+                    model=FAKE_JUDGE_MODEL,
                     base_url=srv.base_url,
                     api_key_env="LOOM_DRY_RUN_KEY",
                     cache_dir=out / "judge_cache",
                     workers=4,
                     backoff_base_s=0.01,
                     jitter_s=0.01,
-                    json_mode=not official and "4.1" not in model,
+                    json_mode=not official,
                     temperature=None if official else 0.0,
                 )
             )
 
         # Table 1 + 5: Loom (model-written text) and an adapted baseline (given text) on RecipeGen.
         rec_items = B.load_recipegen(data["recipegen"])
-        runs1 = {"Loom (ours)": out / "runs/recipegen/loom", "Bagel (ours)": out / "runs/recipegen/bagel"}
+        runs1 = {LOOM: out / "runs/recipegen/loom", "Bagel (dry run)": out / "runs/recipegen/bagel"}
         run_generation(
             rec_items,
             fake_tutorial_generator(),
-            runs1["Loom (ours)"],
-            model_label="Loom (ours)",
+            runs1[LOOM],
+            model_label=LOOM,
             generator_name="fake",
             log=lambda s: None,
         )
         run_generation(
             rec_items,
-            ExternalPlanGenerator(load_plans(runs1["Loom (ours)"]), _color_renderer),
-            runs1["Bagel (ours)"],
-            model_label="Bagel (ours)",
+            ExternalPlanGenerator(load_plans(runs1[LOOM]), _color_renderer),
+            runs1["Bagel (dry run)"],
+            model_label="Bagel (dry run)",
             generator_name="external-plan",
             log=lambda s: None,
         )
         model, tok = build_tiny_clip()
         for run in runs1.values():
-            score_run(run, TUTORIAL, client("gpt-4o-2024-08-06"), repeats=2)
+            score_run(run, TUTORIAL, client(), repeats=2)
             write_clip_scores(run, TransformersClip(model, tok), weights="tiny-random")
         human1 = load_human_csv(
             _human_csv(
                 out / "human_table1.csv", list(runs1), [it.item_id for it in rec_items], TUTORIAL.criteria
             )
         )
-        written += T.write_table(T.build_table1(runs1, human=human1), out / "tables")
-        written += T.write_table(T.build_correlation_table(5, runs1, human1), out / "tables")
+        written += _write(T.build_table1(runs1, human=human1), out)
+        written += _write(T.build_correlation_table(5, runs1, human1), out)
 
         # Tables 2, 4, 6: painting tutorials conditioned on the final panel.
         ma_items = B.load_makeanything(data["makeanything"])
-        runs2 = {"Loom (ours)": out / "runs/makeanything/loom", "Full": out / "runs/makeanything/full"}
+        runs2 = {LOOM: out / "runs/makeanything/loom", "Full (dry run)": out / "runs/makeanything/full"}
         for label, run in runs2.items():
             run_generation(
                 ma_items,
@@ -143,19 +168,15 @@ def dry_run(out: Path) -> list[Path]:
                 generator_name="fake",
                 log=lambda s: None,
             )
-            score_run(run, PAINTING, client("gpt-4o-2024-08-06"), repeats=2)
+            score_run(run, PAINTING, client(), repeats=2)
         human2 = load_human_csv(
             _human_csv(
-                out / "human_table2.csv", ["Loom (ours)"], [it.item_id for it in ma_items], PAINTING.criteria
+                out / "human_table2.csv", [LOOM], [it.item_id for it in ma_items], PAINTING.criteria
             )
         )
-        written += T.write_table(
-            T.build_table2({"Loom (ours)": runs2["Loom (ours)"]}, human=human2), out / "tables"
-        )
-        written += T.write_table(T.build_table4({"Full": runs2["Full"]}), out / "tables")
-        written += T.write_table(
-            T.build_correlation_table(6, {"Loom (ours)": runs2["Loom (ours)"]}, human2), out / "tables"
-        )
+        written += _write(T.build_table2({LOOM: runs2[LOOM]}, human=human2), out)
+        written += _write(T.build_table4({"Full (dry run)": runs2["Full (dry run)"]}), out)
+        written += _write(T.build_correlation_table(6, {LOOM: runs2[LOOM]}, human2), out)
 
         # Table 3: OmniContext, official-mode scorer.
         oc_items = B.load_omnicontext(data["omnicontext"])
@@ -164,10 +185,10 @@ def dry_run(out: Path) -> list[Path]:
             B.omnicontext_bench_items(oc_items),
             fake_tutorial_generator(num_steps=1),
             run3,
-            model_label="Loom (ours)",
+            model_label=LOOM,
             generator_name="fake",
             log=lambda s: None,
         )
-        O.score_run(run3, oc_items, client("gpt-4.1", official=True), mode="official")
-        written += T.write_table(T.build_table3({"Loom (ours)": run3}), out / "tables")
+        O.score_run(run3, oc_items, client(official=True), mode="official")
+        written += _write(T.build_table3({LOOM: run3}), out)
     return written

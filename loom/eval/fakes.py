@@ -1,27 +1,46 @@
-"""Offline stand-ins for dry runs and tests: a fake OpenAI-compatible judge on loopback, a tiny random CLIP,
-and a fake tutorial generator. Nothing here touches the network beyond 127.0.0.1.
+"""Offline stand-ins for dry runs and tests: a fake OpenAI-compatible server on loopback (chat completions for the
+judge and the captioning VLM, image generations and edits for dataset construction), a tiny random CLIP, and a fake
+tutorial generator. Nothing here touches the network beyond 127.0.0.1.
 """
 
 from __future__ import annotations
 
+import base64
+import email.parser
+import email.policy
 import hashlib
+import io
 import json
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass, field
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
+from PIL import Image, ImageOps
 
 from loom.eval.benchmarks import BenchItem
 
-# A handler gets the parsed request body and returns (HTTP status, reply text or error body dict, delay seconds).
-Handler = Callable[[dict[str, Any]], tuple[int, Any, float]]
+# A handler gets the parsed request and returns (HTTP status, payload, delay seconds[, extra headers]).
+# Chat payloads: a str with status 200 is the assistant's text; a dict/list is sent verbatim as the JSON body (error
+# bodies, or malformed 200 replies such as {"choices": []}); a RawReply is sent byte for byte (HTML, truncated JSON).
+# Image payloads (requests to /images/*): PNG bytes with status 200 are wrapped as {"data": [{"b64_json": …}]}.
+Handler = Callable[[dict[str, Any]], tuple]
 
 
-def chat_reply(text: str, model: str = "fake-judge-2025-01-01") -> dict[str, Any]:
+@dataclass
+class RawReply:
+    body: bytes
+    content_type: str = "application/json"
+    headers: dict[str, str] = field(default_factory=dict)
+
+
+FAKE_JUDGE_MODEL = "fake-judge-2025-01-01"  # the model name the fake judge serves (and dry runs ask for)
+
+
+def chat_reply(text: str, model: str = FAKE_JUDGE_MODEL) -> dict[str, Any]:
     return {
         "id": "chatcmpl-fake",
         "object": "chat.completion",
@@ -37,9 +56,15 @@ def _digest(body: dict[str, Any]) -> int:
 
 
 def default_handler(body: dict[str, Any]) -> tuple[int, Any, float]:
-    """Deterministic, plausible replies: rubric JSON for tutorial/painting prompts, {"score"} for OmniContext."""
+    """Deterministic, plausible replies: caption JSON for `loom data caption` (one step per image sent), rubric
+    JSON for tutorial/painting prompts, {"score"} for OmniContext."""
     text = json.dumps(body["messages"])
     h = _digest(body)
+    if "frames of one tutorial" in text:
+        n = sum(1 for m in body["messages"] if isinstance(m["content"], list)
+                for p in m["content"] if p.get("type") == "image_url")
+        steps = [f"Do part {k} of the work (variant {h % 97})." for k in range(1, n + 1)]
+        return 200, json.dumps({"prompt": f"Create a tutorial for making item {h % 997}.", "steps": steps}), 0.0
     if "Rate from 0 to 10" in text:
         return 200, json.dumps({"score": h % 11, "reasoning": "fake"}), 0.0
     fields = (
@@ -51,11 +76,52 @@ def default_handler(body: dict[str, Any]) -> tuple[int, Any, float]:
     return 200, json.dumps({**scores, "overall_score": round(sum(scores.values()) / 3, 1)}), 0.0
 
 
-class FakeJudgeServer:
-    """`with FakeJudgeServer(handler) as srv:` → srv.base_url; srv.requests holds every parsed request body."""
+def png_bytes(image: Image.Image) -> bytes:
+    buf = io.BytesIO()
+    image.save(buf, format="PNG")
+    return buf.getvalue()
 
-    def __init__(self, handler: Handler = default_handler) -> None:
+
+def default_image_handler(req: dict[str, Any]) -> tuple[int, Any, float]:
+    """Generations: a flat colour from the prompt hash. Edits of one image: its transposed greyscale version (a
+    stand-in for de-stylization that a perceptual hash sees as a change). Edits of several images: them side by
+    side (a stand-in composite)."""
+    if req["path"].endswith("/generations"):
+        h = hashlib.sha256(req["prompt"].encode()).digest()
+        return 200, png_bytes(Image.new("RGB", (32, 32), tuple(h[:3]))), 0.0
+    images = [Image.open(io.BytesIO(b)).convert("RGB") for b in req["images"]]
+    if len(images) == 1:
+        return 200, png_bytes(ImageOps.grayscale(images[0].transpose(Image.Transpose.TRANSPOSE)).convert("RGB")), 0.0
+    height = max(im.height for im in images)
+    canvas = Image.new("RGB", (sum(im.width for im in images), height), (255, 255, 255))
+    x = 0
+    for im in images:
+        canvas.paste(im, (x, 0))
+        x += im.width
+    return 200, png_bytes(canvas), 0.0
+
+
+def _parse_multipart(content_type: str, data: bytes) -> dict[str, Any]:
+    msg = email.parser.BytesParser(policy=email.policy.HTTP).parsebytes(
+        f"Content-Type: {content_type}\r\n\r\n".encode() + data
+    )
+    out: dict[str, Any] = {"images": []}
+    for part in msg.iter_parts():
+        name = part.get_param("name", header="content-disposition")
+        payload = part.get_payload(decode=True)
+        if part.get_filename():
+            out["images"].append(payload)
+        elif name:
+            out[name] = payload.decode("utf-8")
+    return out
+
+
+class FakeOpenAIServer:
+    """`with FakeOpenAIServer(handler) as srv:` → srv.base_url; srv.requests holds every parsed request."""
+
+    def __init__(self, handler: Handler = default_handler, image_handler: Handler = default_image_handler) -> None:
         self.handler = handler
+        self.image_handler = image_handler
         self.requests: list[dict[str, Any]] = []
         self.lock = threading.Lock()
         outer = self
@@ -65,19 +131,34 @@ class FakeJudgeServer:
                 pass
 
             def do_POST(self) -> None:  # noqa: N802 (http.server naming)
-                body = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
+                data = self.rfile.read(int(self.headers["Content-Length"]))
+                ctype = self.headers.get("Content-Type", "")
+                body = _parse_multipart(ctype, data) if ctype.startswith("multipart/") else json.loads(data)
+                req = {"path": self.path, "auth": self.headers.get("Authorization"), **body}
                 with outer.lock:
-                    outer.requests.append(
-                        {"path": self.path, "auth": self.headers.get("Authorization"), **body}
-                    )
-                status, payload, delay = outer.handler(body)
+                    outer.requests.append(req)
+                is_image = "/images/" in self.path
+                status, payload, delay, *extra = (outer.image_handler if is_image else outer.handler)(req)
+                headers = dict(extra[0]) if extra else {}
                 if delay:
                     time.sleep(delay)
-                data = json.dumps(chat_reply(payload) if status == 200 else payload).encode()
+                content_type = "application/json"
+                if isinstance(payload, RawReply):
+                    data, content_type = payload.body, payload.content_type
+                    headers.update(payload.headers)
+                elif is_image and status == 200 and isinstance(payload, bytes):
+                    b64 = base64.b64encode(payload).decode("ascii")
+                    data = json.dumps({"created": int(time.time()), "data": [{"b64_json": b64}]}).encode()
+                elif status == 200 and isinstance(payload, str):
+                    data = json.dumps(chat_reply(payload)).encode()
+                else:
+                    data = json.dumps(payload).encode()
                 try:
                     self.send_response(status)
-                    self.send_header("Content-Type", "application/json")
+                    self.send_header("Content-Type", content_type)
                     self.send_header("Content-Length", str(len(data)))
+                    for k, v in headers.items():
+                        self.send_header(k, v)
                     self.end_headers()
                     self.wfile.write(data)
                 except (BrokenPipeError, ConnectionResetError):
@@ -93,7 +174,7 @@ class FakeJudgeServer:
     def base_url(self) -> str:
         return f"http://127.0.0.1:{self.httpd.server_address[1]}/v1"
 
-    def __enter__(self) -> FakeJudgeServer:
+    def __enter__(self) -> FakeOpenAIServer:
         self.thread.start()
         return self
 

@@ -27,6 +27,8 @@ from PIL import Image
 from loom.eval.benchmarks import BenchItem
 from loom.eval.fsio import EvalInputError, atomic_write_json, atomic_write_jsonl, read_json
 from loom.eval.results import parse_result
+from loom.infer.gallery import write_gallery
+from loom.infer.storyboard import write_storyboard
 
 
 class Generator(Protocol):
@@ -140,6 +142,7 @@ def run_generation(
                 dst = run_dir / item.export_path
                 dst.parent.mkdir(parents=True, exist_ok=True)
                 Image.open(parsed.steps[-1].image).convert("RGB").save(dst)
+            write_storyboard(item_dir, result)  # index.html: frames beside the item's ground truth
             atomic_write_json(item_dir / "result.json", result)  # written last: its presence means "done"
             report.done.append(item.item_id)
             log(f"[{len(report.done)}] {item.item_id} done")
@@ -151,6 +154,7 @@ def run_generation(
             run_dir / f"failures.shard{shard}-of-{num_shards}.jsonl",
             [{"item_id": k, "error": v} for k, v in report.failed.items()],
         )
+    write_gallery(run_dir, "eval", {it.item_id: it.prompt for it in items})  # RUN/index.html: every item with its status
     return report
 
 

@@ -29,7 +29,7 @@ from PIL import Image
 
 from loom.eval.fsio import atomic_write_json, atomic_write_jsonl
 from loom.eval.images import omnicontext_image_url, open_rgb
-from loom.eval.judge import JudgeClient, TransportExhausted
+from loom.eval.judge import CallFailed, JudgeClient
 from loom.eval.omnicontext_prompts import prompt_following, subject_consistency
 from loom.eval.scoring import model_slug
 
@@ -104,7 +104,7 @@ def score_official(
         try:
             pf_raw = client.complete(pf_msgs, repeat=f"official:{repeat}:{t}").text
             sc_raw = client.complete(sc_msgs, repeat=f"official:{repeat}:{t}").text
-        except TransportExhausted:
+        except CallFailed:
             pf_raw = sc_raw = ""  # the official ask_gpt4o returns "" on a failed request
         try:
             pf = official_parse(pf_raw)  # a PF parse failure leaves SC unparsed for this try, as officially
@@ -242,9 +242,12 @@ def score_run(
             else score_fixed(client, it, out, rep)
         )
 
-    records = client.judge_many(one, jobs)
     stem = f"omnicontext-{mode}__{model_slug(client.cfg.model)}"
-    atomic_write_jsonl(Path(run_dir) / "scores" / f"{stem}.jsonl", records)
+    out = Path(run_dir) / "scores" / f"{stem}.jsonl"
+    journal = out.with_name(out.name + ".partial")  # finished items survive a crash; removed once complete
+    records = client.judge_many(one, jobs, journal=journal, key=lambda j: f"{j[0].task_type}/{j[0].key}:{j[1]}")
+    atomic_write_jsonl(out, records)
+    journal.unlink(missing_ok=True)
     summary = {
         "mode": mode,
         "run": str(run_dir),

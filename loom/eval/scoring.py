@@ -63,8 +63,11 @@ def score_run(
             rec["details"] = {k: v for k, v in out.parsed.items() if k not in ("scores", "overall")}
         return rec
 
-    records = client.judge_many(one, jobs)
-    atomic_write_jsonl(judge_file(run_dir, rubric, client.cfg.model), records)
+    out = judge_file(run_dir, rubric, client.cfg.model)
+    journal = out.with_name(out.name + ".partial")  # finished items survive a crash; removed once complete
+    records = client.judge_many(one, jobs, journal=journal, key=lambda j: f"{j[0].item_id}:{j[1]}")
+    atomic_write_jsonl(out, records)
+    journal.unlink(missing_ok=True)
     summary = {
         "rubric": rubric.name,
         "run": str(run_dir),

@@ -62,6 +62,8 @@ def build_parser() -> argparse.ArgumentParser:
     io.add_argument("--overwrite", action="store_true", help="replace a finished result in --out")
     io.add_argument("--config", help="YAML of generation settings (configs/infer/*.yaml); flags override it")
     io.add_argument("--no-progress", action="store_true", help="no progress bars")
+    io.add_argument("--gif", action="store_true", help="also write animation.gif (frames + step captions)")
+    io.add_argument("--mp4", action="store_true", help="also write animation.mp4 (H.264)")
 
     g = p.add_argument_group("sampling (unset = task default)")
     g.add_argument("--seed", type=int, help="base seed (default 0); --batch derives per-item seeds from it")
@@ -242,6 +244,11 @@ def main(argv: list[str] | None = None) -> int:
             return fail(str(e), 2)
         print(f"[loom] shard {shard}/{num_shards}: {len(rep.done)} done, {len(rep.skipped)} already finished, "
               f"{len(rep.failed)} failed")
+        from .gallery import write_gallery
+        from .video import export_for_cli
+
+        export_for_cli([Path(args.out) / i for i in rep.done], args.gif, args.mp4)
+        print(f"[loom] gallery: {write_gallery(args.out, 'batch', {i.item_id: i.prompt for i in items})}")
         return 1 if rep.failed else 0
     try:
         res = pipe.run(args.task, args.prompt, images, settings, planner=planner, progress=progress,
@@ -254,6 +261,9 @@ def main(argv: list[str] | None = None) -> int:
         return fail(str(e), 1)
     if args.task == "understand":
         print(d.get("answer", ""))
+    from .video import export_for_cli
+
+    export_for_cli([Path(args.out)], args.gif, args.mp4)
     n = len(d["steps"])
     print(f"[loom] wrote {n} image(s) to {args.out} ({d['timings'].get('total_seconds', 0):.1f}s)"
           if n else f"[loom] wrote {args.out}/result.json")

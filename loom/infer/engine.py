@@ -77,7 +77,8 @@ class Engine:
     def _long(self, x) -> Tensor:
         return torch.as_tensor(x, dtype=torch.long, device=self.device)
 
-    # ---- blocks ---------------------------------------------------------------------------------------------
+    # ---- blocks (embeddings without autograd: inference never backpropagates) ---------------------------------
+    @torch.no_grad()
     def text_block(self, ctx: Context, ids: list[int], wrap: bool = True) -> Block:
         ids = [self.tokens.bos, *ids, self.tokens.eos] if wrap else list(ids)
         t = self._long(ids)
@@ -93,6 +94,7 @@ class Engine:
             gen_mask[1:-1] = True
         return Block(emb, torch.full((n,), ctx.rope, device=self.device), gen_mask, False, rope_advance, what)
 
+    @torch.no_grad()
     def vit_block(self, ctx: Context, image: Tensor, frame: int = 0) -> Block:
         p = self.cfg.vit.patch_size
         gh, gw = image.shape[1] // p, image.shape[2] // p
@@ -102,6 +104,7 @@ class Engine:
         emb = self.model.embed_vit(patches, pos, self._long([gh * gw]), frames)
         return self._wrap_image(ctx, emb, gen=False, what=f"vit{'' if not frame else f'@{frame}'}")
 
+    @torch.no_grad()
     def latent_block(self, ctx: Context, x: Tensor, t: float, h: int, w: int, frame: int = 0,
                      rope_advance: int = 1, what: str = "vae") -> Block:
         pos = grid_position_ids(h, w, self.cfg.max_latent_size).to(self.device)

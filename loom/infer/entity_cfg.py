@@ -7,7 +7,9 @@ attends to the noisy latents, so the map is the *latent queries' attention to th
 A[i] = mean over heads / layers / entity tokens of softmax(q_i·K/√d)[entity] (`entity_attention_map`), or a
 user-given mask (`mask_from_pixels`). `attention_to_mask` turns a map into a token mask on the h×w grid.
 
-Combination over [N, Dl] velocities (token order r·w + c, as `patchify_latent`):
+Combination over [N, Dl] velocities (token order r·w + c, as `patchify_latent`). The sampler uses
+`guided_velocity`: plain CFG (with its renorm) outside the region, CFG at s_entity inside — so the background
+is exactly what plain CFG gives, whatever the renorm type. `combine_entity_cfg` is the bare mixing rule:
   scale map   s(i) = s + m(i)·(s_entity − s)        m ∈ [0, 1] (hard or soft mask)
   plain       v = v_u + s(i)·(v_c − v_u)
   with a third branch v_e (conditional context without the entity text, loom-reference-code §5.5):
@@ -30,7 +32,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-from .sampling import _renorm, combine_cfg
+from .sampling import combine_cfg
 
 
 def entity_attention_map(q: Tensor, k: Tensor, entity_positions: list[int] | Tensor,
@@ -134,19 +136,24 @@ def combine_entity_cfg(v_cond: Tensor, v_uncond: Tensor, scale: float, entity_sc
 def guided_velocity(v_c: Tensor, v_t: Tensor | None, v_i: Tensor | None, s_t: float, s_i: float,
                     entity_scale: float, mask: Tensor | None, renorm_type: str = "global", renorm_min: float = 0.0,
                     bagel_compat: bool = False) -> Tensor:
-    """`combine_cfg` with the text guidance localised: s_entity inside `mask`, s_t outside, then image CFG and
-    BAGEL's renorm exactly as `combine_cfg` orders them. Without a text branch (outside the CFG interval, or no
-    CFG-eligible text) or without a mask it *is* `combine_cfg`."""
-    if mask is None or v_t is None or s_t <= 1.0:
-        return combine_cfg(v_c, v_t, v_i, s_t, s_i, renorm_type, renorm_min, bagel_compat)
-    use_img = v_i is not None and s_i > 1.0
-    v = combine_entity_cfg(v_c, v_t, s_t, entity_scale, mask.to(v_c.device))
-    if renorm_type == "text_channel":
-        v = _renorm(v_c, v, True, renorm_min)
-        return v_i + s_i * (v - v_i) if use_img else v
-    if use_img:
-        v = v_i + s_i * (v - v_i)
-    return _renorm(v_c, v, renorm_type == "channel", renorm_min)
+    """`combine_cfg` with the text guidance localised: outside `mask` the result IS plain CFG at s_t (every renorm
+    type), inside it is CFG at s_entity, blended by the mask value m ∈ [0, 1]:
+
+        v = v_plain + m·(v_entity − v_plain),  v_plain = combine_cfg(s_t), v_entity = combine_cfg(s_entity)
+
+    Each field gets BAGEL's image CFG and renorm on its own. Renorming once after mixing the scales (as before)
+    couples the two under `global` renorm: a stronger region shrinks the one norm ratio and so rescales the
+    background too (relative background change 0.28 in tests/infer/test_entity_cfg.py: s_t 4, s_entity 8, a
+    quarter of the tokens), which breaks "keeping the background unchanged" (Loom appendix A.1). Without a text branch (outside the CFG interval, or no
+    CFG-eligible text), without a mask, or with s_entity = s_t it is exactly `combine_cfg`."""
+    plain = combine_cfg(v_c, v_t, v_i, s_t, s_i, renorm_type, renorm_min, bagel_compat)
+    if mask is None or v_t is None or s_t <= 1.0 or entity_scale == s_t:
+        return plain
+    m = mask.to(device=v_c.device, dtype=plain.dtype).reshape(-1, 1)
+    if m.shape[0] != plain.shape[0]:
+        raise ValueError(f"entity mask has {m.shape[0]} tokens, the velocity {plain.shape[0]}")
+    v_entity = combine_cfg(v_c, v_t, v_i, entity_scale, s_i, renorm_type, renorm_min, bagel_compat)
+    return torch.where(m >= 1, v_entity, torch.where(m > 0, plain + m * (v_entity - plain), plain))
 
 
 @dataclass

@@ -3,15 +3,24 @@
 Defaults (user-asks §A): bf16 weights on GPU, fp32 on CPU; tensors are assigned from safetensors straight onto
 the target device (meta init, no full-size host copy, `load_bagel`). For cards that cannot hold the model:
 
-- `device_map="balanced"`: decoder layers split evenly over all visible GPUs (embeddings, heads, ViT, VAE on
-  the first one);
-- `device_map="offload"`: as many decoder layers on GPU 0 as `max_memory` allows, the rest offloaded to CPU RAM
-  (or `"disk"` to `offload_folder`) and streamed in per forward (accelerate hooks);
+- `device_map="balanced"`: decoder layers spread over all visible GPUs by memory (accelerate's
+  `get_balanced_memory` + `infer_auto_device_map`; embeddings, heads, ViT, VAE on the first one, which therefore
+  gets fewer layers);
+- `device_map="offload"`: as many decoder layers on GPU 0 as `max_memory` allows (accelerate's
+  `infer_auto_device_map`), the rest offloaded to CPU RAM (or `"disk"` to `offload_folder`) and streamed in per
+  forward (accelerate hooks);
 - or an explicit {module name: device} map.
 
-The LLM passes dataclasses (routing indices, KV merge layout) that accelerate's hooks do not move, so every
-dispatched decoder layer also gets a small pre-hook that moves them, and hands its hidden state back to the
-main device (the KV cache of a layer stays on that layer's device).
+The LLM passes dataclasses (routing indices, cached-block layout, KV buffers) that accelerate's hooks do not
+move, so every dispatched decoder layer also gets a small pre-hook that moves them, and hands its hidden state
+back to the main device (the KV cache of a layer stays on that layer's device).
+
+Sequence layout: a loom export records every build setting that shaped its training sequences (loom_config.json
+"build": VAE / ViT transforms, scaffold, K_max, N_max, temporal on/off, stepwise prompt …, `loom.train.export.
+LAYOUT_KEYS`); `Loaded.build` carries them and `Loaded.layout` lists what was recorded, so inference lays
+sequences out as trained (a history frame at the trained ViT resolution, not BAGEL's 980 px: 3.6× the tokens
+at 518). A BAGEL release records nothing: BAGEL's inference transforms (VAE 1024/512, ViT 980/224), clamped
+to the model's position tables, and loom's other defaults apply.
 
 `quantize="int8"` (or per part, "und=int8,gen=fp8"): linear layers quantised with torchao while loading, one
 layer at a time (`loom.infer.quantize`); recorded in `describe()` and so in result.json.
@@ -56,6 +65,7 @@ class Loaded:
     device_map: dict | None = None
     entities: EntityVocab | None = None  # the registered entity tokens (ids)
     untrained_entities: tuple[str, ...] = ()  # registered at load time: mean-initialised, never trained
+    layout: dict = dataclasses.field(default_factory=dict)  # the build settings the export recorded (trained)
     quantize: dict | None = None  # `quantize.describe`: mode per part, layers quantised (None: not quantised)
 
     def describe(self) -> dict:
@@ -108,8 +118,25 @@ def parse_dtype(name: str | torch.dtype | None, device: torch.device) -> torch.d
     return table[name]
 
 
-def build_config_from_export(path: Path, cfg: LoomConfig) -> BuildConfig:
-    """Layout knobs an export may record in loom_config.json (top level or under "build")."""
+BAGEL_VAE_TRANSFORM = (1024, 512)  # BAGEL's inference resize rules (max, min side; bagel-spec §5.1)
+BAGEL_VIT_TRANSFORM = (980, 224)
+
+
+def default_transforms(cfg: LoomConfig) -> dict[str, tuple[int, int, int]]:
+    """BAGEL's inference transforms (max, min, stride), clamped to what the model's position tables cover."""
+    vae_lim = cfg.max_latent_size * cfg.pixels_per_latent_token
+    vit_lim = cfg.vit_max_num_patch_per_side * cfg.vit.patch_size
+    out = {}
+    for name, (mx, mn), lim, stride in (("vae_transform", BAGEL_VAE_TRANSFORM, vae_lim, cfg.pixels_per_latent_token),
+                                        ("vit_transform", BAGEL_VIT_TRANSFORM, vit_lim, cfg.vit.patch_size)):
+        mx = min(mx, lim)
+        out[name] = (mx, min(mn, mx), stride)
+    return out
+
+
+def build_config_from_export(path: Path, cfg: LoomConfig) -> tuple[BuildConfig, dict]:
+    """(BuildConfig, the settings the export recorded) from loom_config.json (top level or under "build").
+    Unrecorded transforms are BAGEL's (`default_transforms`), the rest loom's defaults."""
     extra: dict = {}
     f = path / "loom_config.json"
     if f.exists():
@@ -117,12 +144,15 @@ def build_config_from_export(path: Path, cfg: LoomConfig) -> BuildConfig:
         extra = {**{k: v for k, v in d.items() if not isinstance(v, dict)}, **d.get("build", {})}
     names = {f.name for f in dataclasses.fields(BuildConfig)}
     kw = {k: (tuple(v) if isinstance(v, list) else v) for k, v in extra.items() if k in names}
+    recorded = dict(kw)
+    for k, v in default_transforms(cfg).items():
+        kw.setdefault(k, v)
     kw.setdefault("max_frames", cfg.max_frames)
     kw.setdefault("max_references", cfg.max_references)
     if not cfg.temporal_embedding:
         kw.setdefault("use_temporal", False)
     kw["n_max"] = min(kw.get("n_max", BuildConfig.n_max), kw["max_frames"])
-    return BuildConfig(**kw)
+    return BuildConfig(**kw), recorded
 
 
 # ---- multi-device placement ------------------------------------------------------------------------------------
@@ -130,33 +160,54 @@ def layer_names(model: nn.Module) -> list[str]:
     return [f"language_model.model.layers.{i}" for i in range(len(model.language_model.model.layers))]
 
 
-def plan_device_map(model: nn.Module, mode: str, num_gpus: int | None = None,
-                    max_memory_gib: float | None = None) -> dict[str, str | int]:
-    """{module: device}. Everything but the decoder layers stays on device 0 (the "main" device)."""
+def plan_device_map(model: nn.Module, mode: str, num_gpus: int | None = None, max_memory_gib: float | None = None,
+                    gpu_memory_gib: dict[int, float] | None = None) -> dict[str, str | int]:
+    """{module: device}. Everything but the decoder layers stays on device 0 (the "main" device: the engine mixes
+    embeddings, ViT and latent tokens there); accelerate's `infer_auto_device_map` places the decoder layers
+    (whole layers, never split) in the memory left:
+
+    - "balanced": per-GPU budgets from `get_balanced_memory` over the whole model, GPU 0's reduced by the
+      modules it holds anyway, so GPU 0 gets fewer layers (28 layers + 3 layers' worth of fixed modules on 4
+      GPUs: 5/9/9/5 layers, peak 9 layer-sizes per GPU; an even 7/7/7/7 split peaks at 10 on GPU 0);
+    - "offload" / "disk": GPU 0 keeps `max_memory_gib` minus the fixed modules, accelerate fills it and puts the
+      rest on "cpu" (streamed per forward) or "disk" (it also reserves room for the largest layer it streams).
+
+    `gpu_memory_gib` ({gpu: GiB}, balanced only) replaces the free memory accelerate would query (planning)."""
+    from accelerate import infer_auto_device_map
+    from accelerate.utils import compute_module_sizes, get_balanced_memory
+
+    layers_mod = model.language_model.model.layers
     layers = layer_names(model)
     rest = [n for n, _ in model.named_children() if n != "language_model"]
-    main: str | int = 0 if torch.cuda.is_available() else "cpu"
+    main: str | int = 0 if (torch.cuda.is_available() or gpu_memory_gib) else "cpu"
     fixed_modules = [*rest, "language_model.model.embed_tokens", "language_model.model.norm", "language_model.lm_head"]
     if getattr(model.language_model.model, "norm_moe_gen", None) is not None:
         fixed_modules.append("language_model.model.norm_moe_gen")
     dm: dict[str, str | int] = {n: main for n in fixed_modules}
+    no_split = [type(layers_mod[0]).__name__]
+    fixed = compute_module_sizes(model)[""] - compute_module_sizes(layers_mod)[""]
     if mode == "balanced":
-        n = num_gpus or torch.cuda.device_count()
+        n = num_gpus or (len(gpu_memory_gib) if gpu_memory_gib else torch.cuda.device_count())
         if n < 1:
             raise RuntimeError("device_map='balanced' needs at least one CUDA device")
-        per = -(-len(layers) // n)
-        dm.update({name: i // per for i, name in enumerate(layers)})
+        given = {i: int(g * 2**30) for i, g in (gpu_memory_gib or {}).items()} or None
+        budget = get_balanced_memory(model, max_memory=given, no_split_module_classes=no_split)
+        budget = {k: v for k, v in budget.items() if not isinstance(k, int) or k < n}
+        budget[0] = max(0, budget[0] - fixed)
     elif mode in ("offload", "disk"):
-        per_layer = sum(p.numel() * p.element_size() for p in model.language_model.model.layers[0].parameters())
-        fixed = sum(p.numel() * p.element_size() for n, p in model.named_parameters() if ".layers." not in n)
-        budget = (max_memory_gib or 0.0) * 2**30 - fixed
-        on_gpu = max(0, int(budget // max(per_layer, 1))) if max_memory_gib else 0
-        if not torch.cuda.is_available():
-            on_gpu = 0
-        for i, name in enumerate(layers):
-            dm[name] = main if i < on_gpu else ("cpu" if mode == "offload" else "disk")
+        spill = {"cpu": 2**60} if mode == "offload" else {"cpu": 0}  # cpu 0: accelerate spills to "disk"
+        gpu = max(0, int((max_memory_gib or 0.0) * 2**30) - fixed) if main != "cpu" else None
+        budget = {0: gpu, **spill} if gpu is not None else spill
     else:
         raise ValueError(f"unknown device_map {mode!r}; choose from {DEVICE_MAPS} or pass a dict")
+    placed = infer_auto_device_map(layers_mod, max_memory=budget, no_split_module_classes=no_split)
+    prefix = "language_model.model.layers"
+    for name, dev in placed.items():  # "" = the whole stack, "i" = layer i
+        for i in range(len(layers)) if name == "" else [int(name)]:
+            dm[f"{prefix}.{i}"] = dev
+    missing = [n for n in layers if n not in dm]
+    if missing:
+        raise RuntimeError(f"device map left {missing} unplaced: {placed}")
     return dm
 
 
@@ -236,7 +287,7 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None, 
 
     model, vae, tok, cfg = load_bagel(path, device=load_dev, dtype=dt, verbose=verbose,
                                       on_module=quantise_layer if spec.active else None, streamed=q.streamed)
-    build = build_config_from_export(path, cfg)
+    build, layout = build_config_from_export(path, cfg)
     tokens = build.entity_tokens if entity_tokens is None else tuple(entity_tokens)
     entities = ensure_entity_tokens(model, tok, tokens, path)
     dm = None
@@ -254,5 +305,5 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None, 
         from ..model.attention import default_backend
 
         model.attn_backend = default_backend(dev)
-    return Loaded(model, vae, tok, cfg, build, str(path), dt, dev, dm, entities, entities.added,
+    return Loaded(model, vae, tok, cfg, build, str(path), dt, dev, dm, entities, entities.added, layout,
                   q.describe(spec, counts) if spec.active else None)

@@ -304,10 +304,11 @@ def render_tutorial(engine: Engine, contexts: ItemContexts, bctx: BuildContext, 
                     sampler: ImageSamplerConfig, seed: int, k_max: int, feedback: str = "latent",
                     on_frame_start: Callable[[int, int, list[int]], Callable[[int, int], None] | None] | None = None,
                     velocity_hook_for: Callable[[list[PlanItem]], object] | None = None,
-                    entity_for: Callable[[list[PlanItem], int], EntityGuidance | None] | None = None
-                    ) -> TutorialRender:
+                    entity_for: Callable[[list[PlanItem], int], EntityGuidance | None] | None = None,
+                    on_frame_end: Callable[[Frame], None] | None = None) -> TutorialRender:
     """Render frame t = 1..N on [prefix, plan, history(t), Step t: S_t], feeding each frame back clean.
-    `entity_for(items, t)` gives frame t's localised entity CFG (or None)."""
+    `entity_for(items, t)` gives frame t's localised entity CFG (or None); `on_frame_end(frame)` sees each
+    finished frame."""
     if feedback not in ("latent", "pixel"):
         raise ValueError(f"feedback must be 'latent' or 'pixel', got {feedback!r}")
     stats = RenderStats()
@@ -324,6 +325,8 @@ def render_tutorial(engine: Engine, contexts: ItemContexts, bctx: BuildContext, 
         if feedback == "latent":  # the history item's VAE tensor stands for the generated latents
             contexts.set_latents(images.vae(f"frame{t}"), frame.tokens, h, w)
         frames.append(frame)
+        if on_frame_end is not None:
+            on_frame_end(frame)
     return TutorialRender(frames, stats)
 
 
@@ -347,7 +350,7 @@ def _render_step(engine: Engine, contexts: ItemContexts, bctx: BuildContext, ite
 def render_outputs(engine: Engine, contexts: ItemContexts, bctx: BuildContext, images: ImageCache,
                    mem: MemoryImages, prefix: list[PlanItem], num_outputs: int, h: int, w: int,
                    sampler: ImageSamplerConfig, seed: int, feedback: str = "latent", vit: bool = True,
-                   on_frame_start=None, velocity_hook_for=None, entity_for=None) -> TutorialRender:
+                   on_frame_start=None, velocity_hook_for=None, entity_for=None, on_frame_end=None) -> TutorialRender:
     """Composition / style (M = 1) and decomposition (M outputs on slots 1..M, each earlier output fed back
     clean — VAE + ViT with e_m — exactly the `build_decompose` layout)."""
     from ..data.builders.base import clean_image_items
@@ -360,6 +363,8 @@ def render_outputs(engine: Engine, contexts: ItemContexts, bctx: BuildContext, i
         frame = _render_step(engine, contexts, bctx, items, m, num_outputs, "", list(range(1, m)), h, w, sampler,
                              seed, stats, on_frame_start, velocity_hook_for, entity_for)
         frames.append(frame)
+        if on_frame_end is not None:
+            on_frame_end(frame)
         tokens, pil = frame.tokens, frame.image
         if m < num_outputs:
             mem.images[f"output{m}"] = pil

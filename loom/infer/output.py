@@ -6,7 +6,7 @@ Layout of an output folder:
     inputs/input_01.png …          the conditioning images (copied unless they already live in inputs/)
     result.json                    prompt, plan, steps [{index, text, image, history, seed, seconds}], seeds,
                                    settings, timings, plan source … (`RESULT_FORMAT`); written LAST
-    index.html                     the tutorial as a person reads it (plan, then step text above each frame)
+    index.html                     the storyboard a person reads (`loom.infer.storyboard`: plan beside the frames)
     entity_mask_NN.png             with localised entity CFG: the token mask used for frame NN (white = s_entity)
 
 Everything is written to a hidden temp folder next to the target and moved in at the end, result.json last, so
@@ -15,7 +15,6 @@ a crash never leaves a half-written item that looks finished (`loom.eval` and `-
 
 from __future__ import annotations
 
-import html
 import json
 import os
 import shutil
@@ -27,6 +26,7 @@ import torch
 from PIL import Image
 
 from .pipeline import GenerationResult
+from .storyboard import render_storyboard
 
 RESULT_FORMAT = "loom.generate/1"
 
@@ -125,48 +125,6 @@ def result_dict(res: GenerationResult, input_rels: list[str]) -> dict:
     return d
 
 
-def render_html(d: dict) -> str:
-    """A self-contained storyboard: prompt, inputs, the plan, then each step's text above its image."""
-    e = html.escape
-    title = {"tutorial": "Tutorial", "decompose": "Decomposition", "compose": "Composition", "style": "Style transfer",
-             "t2i": "Text to image", "edit": "Edit", "understand": "Answer"}.get(d["task"], d["task"])
-    parts = [
-        "<!doctype html><html><head><meta charset='utf-8'>",
-        f"<title>{e(title)}: {e(d['prompt'][:80])}</title>",
-        "<style>body{font-family:system-ui,sans-serif;max-width:980px;margin:2em auto;padding:0 1em;color:#222}"
-        "h1{font-size:1.4em}.inputs img{max-height:180px;margin-right:.5em;border:1px solid #ccc}"
-        ".step{margin:2em 0;padding-bottom:1.5em;border-bottom:1px solid #eee}.step img{max-width:100%;"
-        "border-radius:6px}.meta{color:#888;font-size:.85em}.plan li{margin:.2em 0}"
-        ".warn{color:#a60}</style></head><body>",
-        f"<h1>{e(title)}</h1><p><b>Prompt:</b> {e(d['prompt'])}</p>",
-    ]
-    if d.get("inputs"):
-        parts.append("<div class='inputs'><b>Inputs:</b><br>"
-                     + "".join(f"<img src='{e(p)}' alt='input {k}'>" for k, p in enumerate(d["inputs"], 1))
-                     + "</div>")
-    if d.get("plan"):
-        src = d.get("plan_source", "model")
-        parts.append(f"<h2>Plan</h2><p class='meta'>written by: {e(src)}</p><ol class='plan'>"
-                     + "".join(f"<li>{e(s)}</li>" for s in d["plan"]) + "</ol>")
-        if d.get("plan_problems"):
-            parts.append("<p class='warn'>Plan notes: " + e("; ".join(d["plan_problems"])) + "</p>")
-    for st in d.get("steps", []):
-        head = f"Step {st['index']}" if d["task"] == "tutorial" else f"Output {st['index']}"
-        hist = st.get("history") or []
-        meta = f"conditioned on frames {', '.join(map(str, hist))}" if hist else "no earlier frames in context"
-        parts.append(f"<div class='step'><h3>{e(head)}</h3>"
-                     + (f"<p>{e(st['text'])}</p>" if st.get("text") else "")
-                     + f"<img src='{e(st['image'])}' alt='{e(head)}'>"
-                     + f"<p class='meta'>{e(meta)} · seed {st.get('seed')} · {st.get('seconds', 0):.1f}s</p></div>")
-    if d.get("answer") is not None:
-        parts.append(f"<h2>Answer</h2><p>{e(d['answer'])}</p>")
-    s = d.get("settings", {})
-    parts.append(f"<p class='meta'>seed {s.get('seed')} · {s.get('num_timesteps')} timesteps · cfg text "
-                 f"{s.get('cfg_text_scale')} / image {s.get('cfg_img_scale')} · {e(str(d.get('model', {}).get('path', '')))}"
-                 "</p></body></html>")
-    return "\n".join(parts)
-
-
 def _write_json(path: Path, d: dict) -> None:
     path.write_text(json.dumps(d, indent=1, ensure_ascii=False) + "\n", encoding="utf-8")
 
@@ -205,7 +163,7 @@ def write_result(res: GenerationResult, out: str | Path, overwrite: bool = False
             if mask is not None:
                 mask.save(tmp / entity_mask_name(f.index))
         d = result_dict(res, input_rels)
-        (tmp / "index.html").write_text(render_html(d), encoding="utf-8")
+        (tmp / "index.html").write_text(render_storyboard(d, tmp), encoding="utf-8")
         _write_json(tmp / "result.json", d)
         _commit(tmp, out)
     finally:

@@ -15,6 +15,8 @@ from __future__ import annotations
 import dataclasses
 import re
 import time
+import warnings
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -65,12 +67,18 @@ TASK_DEFAULTS: dict[str, dict] = {
 }
 
 
+class LayoutOverrideWarning(UserWarning):
+    """A generation setting overrides the sequence layout the model was trained with (loom_config.json)."""
+
+
 @dataclass
 class GenerationSettings:
     """Everything that shapes one generation. `None` fields take the task default (`TASK_DEFAULTS`)."""
 
     seed: int = 0
-    resolution: tuple[int, int] | None = None  # (W, H) pixels; None: 1024² (tutorial/t2i) or the input's size
+    # (W, H) pixels; None: the model's trained VAE max side, squared (BAGEL and the Loom recipes: 1024²; tutorial,
+    # t2i), or the input's size
+    resolution: tuple[int, int] | None = None
     num_timesteps: int = 50
     timestep_shift: float = 3.0
     cfg_text_scale: float | None = None
@@ -101,7 +109,8 @@ class GenerationSettings:
     entity_top_fraction: float | None = None  # instead of a threshold: the top fraction of latent tokens
     entity_step: int = 0  # attention is averaged over denoising steps 0..entity_step; the mask applies from there
     entity_smooth: int = 3  # odd box-blur kernel on the token grid before thresholding (1 = none)
-    # input preprocessing (max, min) for the VAE / ViT resize rules; None: BAGEL's, clamped to the model tables
+    # input preprocessing (max, min) for the VAE / ViT resize rules; None: the model's trained ones (loom_config.json
+    # "build"), else BAGEL's — clamped to the model tables
     vae_transform: tuple[int, int] | None = None
     vit_transform: tuple[int, int] | None = None
 
@@ -185,11 +194,22 @@ def check_inputs(task: str, prompt: str, images: list, max_references: int) -> N
 
 # ---- the pipeline ------------------------------------------------------------------------------------------------
 class Pipeline:
-    def __init__(self, engine: Engine, build: BuildConfig | None = None, model_info: dict | None = None) -> None:
+    """`build`: the sequence layout (transforms, K_max, scaffold …; default: BAGEL's transforms, loom's knobs);
+    `trained`: the settings the model's export recorded (`Loaded.layout`) — a request that differs is honoured
+    with a `LayoutOverrideWarning` (and a result note) naming the trained and the requested value."""
+
+    _hooks: tuple = (None, None)  # (on_plan, on_frame) of the running `run` call
+
+    def __init__(self, engine: Engine, build: BuildConfig | None = None, model_info: dict | None = None,
+                 trained: dict | None = None) -> None:
+        from .load import default_transforms
+
         self.engine = engine
         self.build = build or BuildConfig(max_frames=engine.cfg.max_frames, max_references=engine.cfg.max_references,
                                           use_temporal=engine.cfg.temporal_embedding,
-                                          n_max=min(BuildConfig.n_max, engine.cfg.max_frames))
+                                          n_max=min(BuildConfig.n_max, engine.cfg.max_frames),
+                                          **default_transforms(engine.cfg))
+        self.trained = dict(trained or {})
         self.model_info = model_info or {}
         self._base_transforms = (engine.vae_transform, engine.vit_transform)
 
@@ -198,7 +218,7 @@ class Pipeline:
         from .load import load_pretrained
 
         ld = load_pretrained(path, **load_kwargs)
-        return cls(Engine(ld.model, ld.vae, ld.tokenizer), ld.build, ld.describe())
+        return cls(Engine(ld.model, ld.vae, ld.tokenizer), ld.build, ld.describe(), ld.layout)
 
     # ---- geometry -----------------------------------------------------------------------------------------------
     @property
@@ -208,13 +228,27 @@ class Pipeline:
     def max_pixels_side(self) -> int:
         return self.engine.cfg.max_latent_size * self.stride
 
+    def _check_trained(self, res: GenerationResult, key: str, requested, flag: str) -> None:
+        """Loudly honour a request that differs from the layout the model was trained with."""
+        def show(v) -> str:  # transforms compare as (max, min); the stride is the model's
+            return ",".join(map(str, list(v)[:2])) if isinstance(v, (list, tuple)) else str(v)
+
+        trained = self.trained.get(key)
+        if trained is not None and requested is not None and show(trained) != show(requested):
+            msg = (f"{flag} {show(requested)} overrides the trained {key} {show(trained)} (the model's "
+                   "loom_config.json): this sequence layout was never trained")
+            warnings.warn(msg, LayoutOverrideWarning, stacklevel=3)
+            res.notes.append(msg)
+
     def _set_transforms(self, s: GenerationSettings) -> None:
-        """BAGEL's resize rules (VAE 1024/512/16, ViT 980/224/14), clamped to what the model's tables cover."""
-        vae_max = min(1024, self.max_pixels_side())
-        vae = s.vae_transform or (vae_max, min(512, vae_max))
-        vit_max = min(980, self.engine.cfg.vit_max_num_patch_per_side * self.engine.cfg.vit.patch_size)
-        vit = s.vit_transform or (vit_max, min(224, vit_max))
-        for name, (mx, mn), lim in (("vae", vae, self.max_pixels_side()), ("vit", vit, vit_max)):
+        """The build's resize rules (the trained ones for an export; BAGEL's VAE 1024/512/16, ViT 980/224/14
+        otherwise), clamped to what the model's tables cover."""
+        vit_lim = self.engine.cfg.vit_max_num_patch_per_side * self.engine.cfg.vit.patch_size
+        (vae_max, vae_min), (vit_max, vit_min) = self.build.vae_transform[:2], self.build.vit_transform[:2]
+        vae_max, vit_max = min(vae_max, self.max_pixels_side()), min(vit_max, vit_lim)
+        vae = s.vae_transform or (vae_max, min(vae_min, vae_max))
+        vit = s.vit_transform or (vit_max, min(vit_min, vit_max))
+        for name, (mx, mn), lim in (("vae", vae, self.max_pixels_side()), ("vit", vit, vit_lim)):
             if not 0 < mn <= mx <= lim:
                 raise InputError(f"--{name}-transform {mx},{mn}: need 0 < min ≤ max ≤ {lim} for this model")
         self.engine.vae_transform = ImageTransform(vae[0], vae[1], self.stride)
@@ -235,15 +269,18 @@ class Pipeline:
             # the paper's script: output size = the last reference after the VAE resize rule
             im = self.engine.prepare_image(images[-1])
             return self.latent_grid(im.size)
-        side = min(1024, self.max_pixels_side())
+        # the trained targets' side (the build's VAE max; BAGEL: 1024), clamped to the model tables
+        side = min(self.build.vae_transform[0], self.max_pixels_side()) // self.stride * self.stride
         return self.latent_grid((side, side))
 
     # ---- entry point --------------------------------------------------------------------------------------------
     def run(self, task: str, prompt: str, images: list[Image.Image] | None = None,
             settings: GenerationSettings | None = None, planner=None, progress: bool = False,
-            input_paths: list[str] | None = None) -> GenerationResult:
+            input_paths: list[str] | None = None, on_plan: Callable[[PlanResult], None] | None = None,
+            on_frame: Callable[[Frame], None] | None = None) -> GenerationResult:
         """Generate one item. `planner` (tutorial only): None = the model plans (default), or an
-        `ExternalPlanner` / `FixedPlanner`."""
+        `ExternalPlanner` / `FixedPlanner`. `on_plan(plan)` / `on_frame(frame)` are called as soon as the plan /
+        each frame exists (streaming front ends: `loom serve`)."""
         images = list(images or [])
         check_inputs(task, prompt, images, self.build.max_references)
         s = (settings or GenerationSettings()).resolved(task)
@@ -258,10 +295,17 @@ class Pipeline:
         n0 = self.engine.num_forwards
         res = GenerationResult(task, prompt, s, inputs=images, input_paths=list(input_paths or []),
                                model=dict(self.model_info))
+        self._check_trained(res, "vae_transform", s.vae_transform, "--vae-transform")
+        self._check_trained(res, "vit_transform", s.vit_transform, "--vit-transform")
+        if task == "tutorial":
+            self._check_trained(res, "k_max", s.k_max, "--k-max")
+        self._hooks = (on_plan, on_frame)
         try:
             getattr(self, f"_run_{task}")(res, planner, progress)
         except SampleError as e:  # layout problems found by the builders (e.g. <image k> beyond the inputs)
             raise InputError(str(e)) from None
+        finally:
+            self._hooks = (None, None)
         res.timings["total_seconds"] = time.perf_counter() - t0
         res.timings["num_forwards"] = self.engine.num_forwards - n0
         return res
@@ -385,11 +429,13 @@ class Pipeline:
                            s.strict_plan)
             item = plan_item(bctx, plan.steps)
         res.plan = plan
+        if self._hooks[0] is not None:
+            self._hooks[0](plan)
         res.timings["plan_seconds"] = plan.seconds
         out = render_tutorial(eng, contexts, bctx, images, mem, prefix, item, plan.steps, h, w, s.sampler(), s.seed,
                               k_max, s.feedback, self._progress(progress, s.num_timesteps, "frame"),
                               entity_for=self._entity_for(s, contexts, res.prompt + " " + plan.text, h, w,
-                                                          plan.steps))
+                                                          plan.steps), on_frame_end=self._hooks[1])
         res.frames, res.stats = out.frames, out.stats
 
     def _multi(self, res: GenerationResult, num_outputs: int, progress: bool) -> None:
@@ -407,7 +453,8 @@ class Pipeline:
         out = render_outputs(eng, contexts, bctx, images, mem, prefix, num_outputs, h, w, s.sampler(), s.seed,
                              s.feedback, self.build.use_vit_for_references,
                              self._progress(progress, s.num_timesteps, "output"),
-                             entity_for=self._entity_for(s, contexts, res.prompt, h, w, self._decompose_parts(res)))
+                             entity_for=self._entity_for(s, contexts, res.prompt, h, w, self._decompose_parts(res)),
+                             on_frame_end=self._hooks[1])
         res.frames, res.stats = out.frames, out.stats
 
     def _decompose_parts(self, res: GenerationResult) -> list[str] | None:
@@ -447,6 +494,8 @@ class Pipeline:
                                    cb(1, 1, []) if cb else None, None)
         stats.frame_seconds.append(time.perf_counter() - t0)
         res.frames = [Frame(1, "", pil, tokens, [], seed, stats.frame_seconds[0], contexts.build(items).kv_len)]
+        if self._hooks[1] is not None:
+            self._hooks[1](res.frames[0])
         res.stats = stats
 
     def _run_t2i(self, res, planner, progress):

@@ -98,7 +98,10 @@ class LoomConfig:
 
 
 def preset(name: str) -> LoomConfig:
-    """Named architectures. `bagel-7b-mot` is the release; `loom-tiny` is the CPU test/demo model."""
+    """Named architectures. `bagel-7b-mot` is the release; `loom-tiny` is the CPU test model; `loom-shapes` is the
+    shapes-world demo model (configs/train/shapes_demo.yaml): BAGEL's MoT at toy scale, 32 px frames through the
+    lossless pixel autoencoder (space-to-depth ×2, latent patch 2 ⇒ 8×8 latent tokens), a 1-layer ViT on 28 px
+    (2×2 patches), 128 vocabulary rows for the world's closed word-level tokenizer (loom/world/vocab.py)."""
     if name == "bagel-7b-mot":
         return LoomConfig()
     if name == "loom-tiny":
@@ -111,7 +114,18 @@ def preset(name: str) -> LoomConfig:
             vae=VAEConfig(kind="pixel", z_channels=12, downsample=2),
             max_latent_size=16,
         )
+    if name == "loom-shapes":
+        return LoomConfig(
+            llm=LLMConfig(
+                hidden_size=192, intermediate_size=384, num_hidden_layers=4, num_attention_heads=6,
+                num_key_value_heads=2, vocab_size=128, max_position_embeddings=4096, rope_theta=10_000.0,
+            ),
+            vit=ViTConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=1, num_attention_heads=2,
+                          patch_size=14, image_size=28),
+            vae=VAEConfig(kind="pixel", z_channels=12, downsample=2),
+            latent_patch_size=2, max_latent_size=8, vit_max_num_patch_per_side=2,
+        )
     raise KeyError(f"unknown model preset {name!r}; known: {', '.join(PRESETS)}")
 
 
-PRESETS = ("bagel-7b-mot", "loom-tiny")
+PRESETS = ("bagel-7b-mot", "loom-tiny", "loom-shapes")

@@ -63,8 +63,24 @@ def read_safetensors_shapes(path: Path) -> dict[str, tuple[int, ...]]:
         return {k: tuple(f.get_slice(k).get_shape()) for k in f.keys()}
 
 
+class _Required(dict):
+    """A JSON object or a shape table whose missing keys are a `CheckpointError` naming the file and the key."""
+
+    def __init__(self, data: dict, path: Path, what: str) -> None:
+        super().__init__(data)
+        self.path, self.what = path, what
+
+    def __missing__(self, key: str):
+        raise CheckpointError(f"{self.path}: missing key {key!r} (needed for the {self.what}); is this a BAGEL "
+                              "release / loom export file?")
+
+
+def _read_json(path: Path, what: str) -> _Required:
+    return _Required(json.loads(path.read_text()), path, what)
+
+
 def llm_config_from_json(path: Path) -> LLMConfig:
-    d = json.loads(path.read_text())
+    d = _read_json(path, "language model config")
     return LLMConfig(
         hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
         num_hidden_layers=d["num_hidden_layers"], num_attention_heads=d["num_attention_heads"],
@@ -76,7 +92,7 @@ def llm_config_from_json(path: Path) -> LLMConfig:
 
 
 def vit_config_from_json(path: Path) -> ViTConfig:
-    d = json.loads(path.read_text())
+    d = _read_json(path, "SigLIP config")
     return ViTConfig(
         hidden_size=d["hidden_size"], intermediate_size=d["intermediate_size"],
         num_hidden_layers=d["num_hidden_layers"] - 1,  # BAGEL uses the penultimate layer: JSON − 1 built
@@ -85,14 +101,24 @@ def vit_config_from_json(path: Path) -> ViTConfig:
     )
 
 
-def vae_config_from_shapes(shapes: dict[str, tuple[int, ...]]) -> VAEConfig:
-    """FLUX AE geometry from `ae.safetensors` (the release hard-codes it; reading it keeps other fixtures working)."""
-    ch = shapes["encoder.conv_in.weight"][0]
-    levels = sorted({int(m[1]) for k in shapes if (m := re.match(r"encoder\.down\.(\d+)\.", k))})
-    mult = [shapes[f"encoder.down.{i}.block.0.conv2.weight"][0] // ch for i in levels]
-    blocks = len({int(m[1]) for k in shapes if (m := re.match(r"encoder\.down\.0\.block\.(\d+)\.", k))})
-    z = shapes["decoder.conv_in.weight"][1]
-    return VAEConfig(kind="flux", ch=ch, ch_mult=mult, num_res_blocks=blocks, z_channels=z, downsample=2 ** (len(mult) - 1))
+def vae_config_from_shapes(shapes: dict[str, tuple[int, ...]], path: str | Path = "ae.safetensors") -> VAEConfig:
+    """FLUX AE geometry from `ae.safetensors` (the release hard-codes it; reading it keeps other fixtures working).
+
+    Read from keys every FLUX autoencoder has: `encoder.conv_in` (ch), `decoder.conv_in` (z channels) and the
+    decoder's first residual block per level, `decoder.up.{i}.block.0` (ch · ch_mult[i]) — the decoder has
+    num_res_blocks + 1 blocks per level, so at least one even when the encoder has none (the encoder's
+    `encoder.down.{i}.block.0` keys are absent then). A missing key is a `CheckpointError` naming file and key."""
+    need = _Required(shapes, Path(path), "FLUX autoencoder geometry")
+    ch = need["encoder.conv_in.weight"][0]
+    z = need["decoder.conv_in.weight"][1]
+    levels = sorted({int(m[1]) for k in shapes if (m := re.match(r"decoder\.up\.(\d+)\.block\.0\.", k))})
+    if not levels:
+        raise CheckpointError(f"{path}: missing key 'decoder.up.0.block.0.conv2.weight' (no decoder levels; needed "
+                              "for the FLUX autoencoder geometry)")
+    mult = [need[f"decoder.up.{i}.block.0.conv2.weight"][0] // ch for i in range(levels[-1] + 1)]
+    blocks = len({int(m[1]) for k in shapes if (m := re.match(r"decoder\.up\.0\.block\.(\d+)\.", k))}) - 1
+    return VAEConfig(kind="flux", ch=ch, ch_mult=mult, num_res_blocks=blocks, z_channels=z,
+                     downsample=2 ** (len(mult) - 1))
 
 
 def config_from_release(path: str | Path) -> LoomConfig:
@@ -109,7 +135,7 @@ def config_from_release(path: str | Path) -> LoomConfig:
     if "vae" in extra:
         cfg.vae = VAEConfig(**extra["vae"])
     elif (path / "ae.safetensors").exists():
-        cfg.vae = vae_config_from_shapes(read_safetensors_shapes(path / "ae.safetensors"))
+        cfg.vae = vae_config_from_shapes(read_safetensors_shapes(path / "ae.safetensors"), path / "ae.safetensors")
     if "latent_pos_embed.pos_embed" in shapes:
         cfg.max_latent_size = int(round(shapes["latent_pos_embed.pos_embed"][0] ** 0.5))
     if "vit_pos_embed.pos_embed" in shapes:

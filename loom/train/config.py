@@ -25,6 +25,9 @@ class RunConfig:
     name: str = ""  # defaults to the folder name; wandb run id
     seed: int = 4396  # BAGEL global_seed; model init and any torch randomness
     total_steps: int = MISSING  # optimizer steps (Loom: 16k compose, 10k style, 20k recipe, 5k painting)
+    # opt-in wall-clock cap (0: none). The budget is total_steps; a run this cap stops saves a checkpoint, ends
+    # with status "time_limit", exports nothing, and resumes to total_steps when rerun with a larger cap
+    max_minutes: float = 0.0
 
 
 @dataclass
@@ -50,6 +53,17 @@ class SampleConfig:
 
 
 @dataclass
+class EvalConfig:
+    """Periodic held-out scoring during training (e.g. the shapes demo's judge, `loom.world.demo:score_heldout`)."""
+
+    every: int = 0  # score every N optimizer steps (0: never); results go to metrics.jsonl as {"kind": "eval"}
+    fn: str = ""  # import path "module:function"; called as fn(model=, vae=, tokenizer=, build=, step=, out_dir=,
+    #               **args) under no_grad and returns {name: number}
+    args: dict[str, Any] = field(default_factory=dict)  # extra keyword arguments of fn
+    use_ema: bool = True  # score the EMA weights (what an export holds by default)
+
+
+@dataclass
 class RobustConfig:
     max_nonfinite_steps: int = 20  # stop after more optimizer steps skipped for NaN/inf loss or grad norm
     max_consecutive_nonfinite: int = 5  # … or this many in a row
@@ -67,6 +81,7 @@ class TrainConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     log: LogConfig = field(default_factory=LogConfig)
     sample: SampleConfig = field(default_factory=SampleConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
     robust: RobustConfig = field(default_factory=RobustConfig)
 
 

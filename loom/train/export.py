@@ -5,8 +5,11 @@
   llm_config.json       Qwen2 config (the source model's JSON, with loom's values written over it)
   vit_config.json       SigLIP config with num_hidden_layers = built + 1 (the release stores JSON = built + 1)
   loom_config.json      Loom-only fields (temporal embedding, frames, references, latent geometry, VAE), plus
-                        "build" (inference layout knobs of the training BuildConfig: k_max, n_max, scaffold,
-                        use_temporal, stepwise_prompt, …) and "entities" (`EntityVocab.to_dict()`)
+                        "build" (every training BuildConfig setting that shapes a sequence, `LAYOUT_KEYS`: the
+                        VAE / ViT transforms, scaffold, K_max, N_max, temporal on/off, stepwise prompt, which
+                        items are CFG-eligible …; inference uses them by default, `loom.infer.load`),
+                        "cfg_dropout" (the trained condition-dropout probabilities, for the record) and
+                        "entities" (`EntityVocab.to_dict()`)
   ae.safetensors        FLUX VAE weights, copied from the source model folder (absent for the pixel VAE)
   tokenizer files       `tokenizer.save_pretrained` (with the registered entity tokens), or copied from the
                         tokenizer folder when no tokenizer object is given; vocab_size in llm_config.json is
@@ -27,6 +30,7 @@ import torch
 from torch import Tensor
 
 from ..config import atomic_write_text
+from ..data.builders import BuildConfig
 from ..model.configs import LoomConfig
 from ..model.weights import save_state_dict
 
@@ -68,6 +72,21 @@ def loom_config_json(cfg: LoomConfig) -> dict:
         "max_latent_size": cfg.max_latent_size, "vit_max_num_patch_per_side": cfg.vit_max_num_patch_per_side,
         "visual_und": cfg.visual_und, "visual_gen": cfg.visual_gen, "vae": dataclasses.asdict(cfg.vae),
     }
+
+
+# Every BuildConfig field is in exactly one of these (tests/train/test_export.py checks it, so a new field cannot
+# be forgotten): LAYOUT_KEYS shape the sequence inference builds and are recorded; TRAIN_ONLY_KEYS only steer
+# how training samples are drawn (frame sampling, history rotation, dropout, length cap).
+LAYOUT_KEYS = ("vae_transform", "vit_transform", "scaffold", "k_max", "n_max", "use_temporal", "stepwise_prompt",
+               "use_vit_for_history", "use_vit_for_references", "cfg_text", "cfg_images", "max_frames",
+               "max_references", "entity_tokens")
+TRAIN_ONLY_KEYS = ("frames_per_visit", "rotate_history", "text_dropout", "vit_dropout", "vae_dropout",
+                   "max_tokens_per_sample")
+
+
+def layout_json(build: BuildConfig) -> dict:
+    """loom_config.json "build": the sequence-shaping settings of the training BuildConfig (JSON lists)."""
+    return {k: (list(v) if isinstance(v, tuple) else v) for k in LAYOUT_KEYS for v in [getattr(build, k)]}
 
 
 def _read_json(path: Path | None) -> dict | None:

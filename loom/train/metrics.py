@@ -28,6 +28,7 @@ PEAK_TFLOPS = {"MI300X": 1336.0, "H100": 989.0, "H800": 989.0, "H200": 989.0, "A
 @dataclass
 class LogConfig:
     every: int = 10  # optimizer steps between metric lines
+    progress: bool = True  # rank 0: a progress bar over the step budget with rate and ETA (tqdm)
     wandb: bool = False
     wandb_project: str = "loom"
     wandb_mode: str = "offline"  # offline | online | disabled

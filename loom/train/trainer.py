@@ -16,6 +16,7 @@ shift; exports save it with `save_pretrained` and record the vocabulary and the 
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import importlib
 import inspect
 import logging
@@ -45,7 +46,7 @@ from . import parallel
 from .checkpoint import CheckpointManager, step_dir_name
 from .config import ModelInitConfig, TrainConfig
 from .ema import EMA
-from .export import write_export
+from .export import layout_json, write_export
 from .losses import StepCounts, local_counts, micro_loss, reported
 from .metrics import MetricsSink, peak_memory_gb, peak_tflops, train_flops
 from .optim import (
@@ -100,13 +101,13 @@ def _import(path: str):
     return getattr(importlib.import_module(mod), name)
 
 
-def build_export_meta(build: BuildConfig, entities: EntityVocab | None) -> dict:
-    """What an export records in loom_config.json beyond the architecture: the inference layout knobs of the
-    training BuildConfig ("build", read by `loom.infer.load.build_config_from_export`) and the entity
-    vocabulary ("entities", `EntityVocab.to_dict()`)."""
-    keys = ("k_max", "n_max", "scaffold", "use_temporal", "stepwise_prompt", "use_vit_for_history",
-            "use_vit_for_references", "entity_tokens")
-    meta = {"build": {k: (list(v) if isinstance(v, tuple) else v) for k in keys for v in [getattr(build, k)]}}
+def build_export_meta(build: BuildConfig, entities: EntityVocab | None, dropout=None) -> dict:
+    """What an export records in loom_config.json beyond the architecture: every sequence-shaping setting of the
+    training BuildConfig ("build", `export.LAYOUT_KEYS`, read by `loom.infer.load.build_config_from_export`),
+    the trained condition dropout ("cfg_dropout", a `CondDropout`) and the entity vocabulary ("entities")."""
+    meta = {"build": layout_json(build)}
+    if dropout is not None:
+        meta["cfg_dropout"] = dataclasses.asdict(dropout)
     meta["entities"] = entities.to_dict() if entities is not None else {"entity_tokens": {}}
     return meta
 
@@ -211,6 +212,7 @@ class Trainer:
         self.num_samples = 0
         self._stop = False
         self._sample_warned = False
+        self._eval_warned = False
         self._resumed_step = -1
         self._resume()
 
@@ -263,7 +265,8 @@ class Trainer:
         if self.info.is_main:
             dtype = _DTYPES[self.cfg.checkpoint.export_dtype]
             write_export(out, sd, self.model_cfg, self.tokenizer_dir, self.source_dir, self.config_yaml, dtype,
-                         tokenizer=self.tokenizer, loom_extra=build_export_meta(self.build_config, self.entities))
+                         tokenizer=self.tokenizer, loom_extra=build_export_meta(self.build_config, self.entities,
+                                                                   self.cfg.data.cond_dropout()))
             log.info("exported %s weights to %s", "EMA" if use_ema else "raw", out)
         parallel.barrier(self.info)
         return out
@@ -378,6 +381,29 @@ class Trainer:
         finally:
             self.model.train()
 
+    def maybe_eval(self) -> None:
+        """`eval.fn` every `eval.every` steps on rank 0 (EMA weights by default); scores → metrics.jsonl."""
+        ec = self.cfg.eval
+        if ec.every <= 0 or self.step % ec.every or not ec.fn:
+            return
+        if self.info.distributed:
+            if not self._eval_warned:
+                log.warning("eval hook under FSDP is not supported; skipping (score an export instead)")
+                self._eval_warned = True
+            return
+        fn = _import(ec.fn)
+        ctx = self.ema.swapped_in(self.model) if ec.use_ema and self.ema else contextlib.nullcontext()
+        t0 = time.perf_counter()
+        try:
+            self.model.eval()
+            with ctx, torch.no_grad(), preserved_rng():
+                scores = fn(model=self.model, vae=self.vae, tokenizer=self.tokenizer, build=self.build_config,
+                            step=self.step, out_dir=self.run_dir / "evals" / step_dir_name(self.step), **ec.args)
+        finally:
+            self.model.train()
+        scores = {k: float(v) for k, v in (scores or {}).items()}
+        self.sink.write({"step": self.step, "kind": "eval", **scores, "eval_seconds": time.perf_counter() - t0})
+
     def _on_sigterm(self, signum, frame) -> None:
         log.warning("SIGTERM received: finishing the current step, then saving")
         self._stop = True
@@ -391,7 +417,12 @@ class Trainer:
         window = {"tokens": 0.0, "len_sq": 0.0, "t0": time.perf_counter()}
         last_saved = self._resumed_step
         status, rec = "finished", {}
+        from .progress import Progress
+
+        progress = Progress(info.is_main and cfg.log.progress, cfg.run.total_steps, self.step, cfg.run.max_minutes)
+        console = contextlib.ExitStack()
         try:
+            console.enter_context(progress.redirect_logging())
             while self.step < cfg.run.total_steps:
                 micro = [next(self.loader) for _ in range(self.grad_accum)]
                 for tb in micro:
@@ -431,8 +462,16 @@ class Trainer:
                 if cfg.checkpoint.export_every > 0 and self.step % cfg.checkpoint.export_every == 0:
                     self.export()
                 self.maybe_sample()
+                self.maybe_eval()
+                progress.update(rec)
                 if stop:
                     status = "terminated"
+                    break
+                if progress.over_time() and self.step < cfg.run.total_steps:
+                    status = "time_limit"
+                    log.warning("run.max_minutes=%g reached after %.1f min: stopping EARLY at step %d of %d "
+                                "(checkpoint saved, no export); rerun with a larger cap or 0 to finish",
+                                cfg.run.max_minutes, progress.minutes(), self.step, cfg.run.total_steps)
                     break
             if last_saved != self.step:
                 self.save()
@@ -440,6 +479,8 @@ class Trainer:
                 if not (cfg.checkpoint.export_every > 0 and self.step % cfg.checkpoint.export_every == 0):
                     self.export()
         finally:
+            progress.close()
+            console.close()
             if old is not None:
                 signal.signal(signal.SIGTERM, old)
             self.sink.close()

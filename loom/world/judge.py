@@ -1,14 +1,27 @@
-"""Programmatic judge for the shapes world: the paper's evaluation axes as exact scores in [0, 1].
+"""Programmatic judge for the shapes world: the paper's evaluation axes as scores in [0, 1].
 
 Images are read back into element sets by `perceive`; plans by `parse_plan`. Every axis is 1.0 on ground truth
-and each one is built to fall under a different corruption (see tests/world/test_world_judge.py):
+and each one is built to fall under a different corruption (see tests/world/test_world_judge.py). Names say what
+is measured: an axis named like the paper's (or "*_accuracy") is EXACT — an item or frame counts only when it is
+entirely right; partial credit has its own name ("*_step_accuracy", "*_jaccard", "*_fraction").
 
-- plan_accuracy: generated step k names the k-th element in reading order (partial credit per position).
-- instruction_following: frame k shows exactly the elements of steps 1..k (Jaccard per frame).
-- temporal_coherence: frame k keeps everything of frame k-1 and adds exactly one element (frame 0 is blank).
-- reference_faithfulness: the last frame shows the reference picture (Jaccard with the full element set).
-- text_image_alignment: the element that frame k adds is the one the model's own step k names.
-- composition / decomposition / style accuracy: output pictures equal the target element sets.
+Tutorials (`steps` = the model's own plan, or the ground-truth plan when rendering from it):
+- plan_accuracy: the whole plan is right — every step names the right element, in order, and no extra step.
+  plan_step_accuracy: share of positions whose step names the right element (partial credit).
+- instruction_following: frame k shows EXACTLY the elements of ground-truth steps 1..k (per frame, exact).
+  frame_jaccard: per-frame Jaccard overlap with those elements (partial credit).
+- temporal_coherence: frame k keeps every element of frame k-1 unchanged (same colour, shape, cell) and adds
+  exactly the element of step k of `steps` (frame 0 is blank).
+- reference_faithfulness: the last frame shows exactly the reference picture's elements;
+  reference_jaccard: Jaccard overlap (partial credit).
+- text_image_alignment: the element that frame k adds includes the one step k of `steps` names.
+Other tasks: composition / decomposition / style accuracy are exact (the output's element set equals the target;
+decomposition per output), with `*_jaccard` partial-credit twins; style also reports structure_jaccard (shape and
+cell only) and color_fraction (share of drawn elements in the swatch colour).
+Frame quality (every generated image): clean_pixel_fraction = share of pixels within 48 RGB levels (max over
+channels) of a clean re-render of the elements the judge perceives — speckle, blur, rounded squares or stray ink
+lower it even when perception reads the right elements; clean_frame_rate = share of images with fewer off
+pixels than one shape side (7 at 32 px).
 
 A missing or extra frame/output scores 0 for its position: denominators are max(expected, produced).
 
@@ -30,11 +43,16 @@ import numpy as np
 
 from loom.world.manifest import manifest_path, read_image, read_jsonl, write_jsonl
 from loom.world.perceive import perceive
-from loom.world.shapes import Element
+from loom.world.shapes import Element, render, shape_side
 from loom.world.text import format_plan, parse_plan
 
 PREDICTIONS_NAME = "predictions.jsonl"
 Frames = Sequence[frozenset[Element]]
+
+
+CLEAN_TOLERANCE = 48  # RGB levels (max over channels) a pixel may differ from the clean re-render
+# An image is a clean frame when fewer pixels than one shape side (7 at 32 px, 13 at 64 px) are off: a circle drawn
+# as a square (12 / 36 px), a stray blob or speckle fails, a single off pixel does not.
 
 
 def jaccard(expected: set[Element] | frozenset[Element], found: set[Element] | frozenset[Element]) -> float:
@@ -43,85 +61,126 @@ def jaccard(expected: set[Element] | frozenset[Element], found: set[Element] | f
     return 1.0 if union == 0 else len(expected & found) / union
 
 
+def _per_position(values: Sequence[float], denom: int) -> float:
+    return sum(values) / denom if denom else 0.0
+
+
 def plan_accuracy(expected: Sequence[Element], parsed: Sequence[Element | None]) -> float:
-    denom = max(len(expected), len(parsed))
-    return 0.0 if denom == 0 else sum(e == p for e, p in zip(expected, parsed)) / denom
+    """1.0 when the plan names exactly the expected elements in order (and nothing else)."""
+    return float(len(expected) > 0 and list(parsed) == list(expected))
+
+
+def plan_step_accuracy(expected: Sequence[Element], parsed: Sequence[Element | None]) -> float:
+    return _per_position([e == p for e, p in zip(expected, parsed)], max(len(expected), len(parsed)))
 
 
 def instruction_following(expected: Sequence[Element], frames: Frames) -> float:
-    denom = max(len(expected), len(frames))
-    if denom == 0:
-        return 0.0
-    return (
-        sum(jaccard(set(expected[: k + 1]), frame) for k, frame in enumerate(frames[: len(expected)])) / denom
-    )
+    exact = [frame == frozenset(expected[: k + 1]) for k, frame in enumerate(frames[: len(expected)])]
+    return _per_position(exact, max(len(expected), len(frames)))
+
+
+def frame_jaccard(expected: Sequence[Element], frames: Frames) -> float:
+    overlap = [jaccard(set(expected[: k + 1]), frame) for k, frame in enumerate(frames[: len(expected)])]
+    return _per_position(overlap, max(len(expected), len(frames)))
 
 
 def _added(frames: Frames, k: int) -> frozenset[Element]:
     return frames[k] - (frames[k - 1] if k > 0 else frozenset())
 
 
-def temporal_coherence(frames: Frames) -> float:
-    if not frames:
-        return 0.0
-    ok = [(k == 0 or frames[k - 1] <= frames[k]) and len(_added(frames, k)) == 1 for k in range(len(frames))]
-    return sum(ok) / len(frames)
+def temporal_coherence(steps: Sequence[Element | None], frames: Frames) -> float:
+    """Frame k keeps frame k-1 unchanged and adds exactly step k's element."""
+    ok = [steps[k] is not None and (k == 0 or frames[k - 1] <= frames[k]) and _added(frames, k) == {steps[k]}
+          for k in range(min(len(frames), len(steps)))]
+    return _per_position(ok, max(len(frames), len(steps)))
 
 
 def reference_faithfulness(reference: set[Element] | frozenset[Element], frames: Frames) -> float:
+    return float(bool(frames) and frames[-1] == frozenset(reference))
+
+
+def reference_jaccard(reference: set[Element] | frozenset[Element], frames: Frames) -> float:
     return jaccard(reference, frames[-1]) if frames else 0.0
 
 
 def text_image_alignment(parsed: Sequence[Element | None], frames: Frames) -> float:
-    denom = max(len(parsed), len(frames))
-    if denom == 0:
-        return 0.0
-    return sum(p is not None and p in _added(frames, k) for k, p in enumerate(parsed[: len(frames)])) / denom
+    hits = [p is not None and p in _added(frames, k) for k, p in enumerate(parsed[: len(frames)])]
+    return _per_position(hits, max(len(parsed), len(frames)))
+
+
+def off_pixels(image: np.ndarray, seen: frozenset[Element] | None = None) -> np.ndarray:
+    """Boolean map of pixels more than CLEAN_TOLERANCE from the clean render of what the judge perceives."""
+    img = np.asarray(image)[..., :3].astype(np.int16)
+    seen = perceive(img) if seen is None else seen
+    clean = render(seen, img.shape[0]).astype(np.int16)
+    return np.abs(img - clean).max(-1) > CLEAN_TOLERANCE
+
+
+def clean_pixel_fraction(image: np.ndarray, seen: frozenset[Element] | None = None) -> float:
+    return float(1.0 - off_pixels(image, seen).mean())
+
+
+def frame_quality(images: Sequence[np.ndarray], seen: Sequence[frozenset[Element]] | None = None
+                  ) -> dict[str, float]:
+    if not images:
+        return {"clean_pixel_fraction": 0.0, "clean_frame_rate": 0.0}
+    off = [off_pixels(im, None if seen is None else seen[i]) for i, im in enumerate(images)]
+    return {"clean_pixel_fraction": float(np.mean([1.0 - o.mean() for o in off])),
+            "clean_frame_rate": float(np.mean([o.sum() < shape_side(o.shape[0]) for o in off]))}
 
 
 def score_tutorial(
     row: dict, frames: Sequence[np.ndarray], text: str | Sequence[str] | None
 ) -> dict[str, float]:
-    """All tutorial axes. With text=None (frames rendered from the given plan) plan_accuracy is left out and
-    alignment is checked against the ground-truth plan."""
+    """All tutorial axes. With text=None (frames rendered from the given plan) the plan axes are left out and
+    coherence / alignment are checked against the ground-truth plan."""
     expected = [Element.from_dict(d) for d in row["meta"]["elements"]]  # reading order == plan order
     seen = [perceive(f) for f in frames]
     parsed = parse_plan(row["plan"] if text is None else text)
     scores = {
         "instruction_following": instruction_following(expected, seen),
-        "temporal_coherence": temporal_coherence(seen),
+        "frame_jaccard": frame_jaccard(expected, seen),
+        "temporal_coherence": temporal_coherence(parsed, seen),
         "reference_faithfulness": reference_faithfulness(set(expected), seen),
+        "reference_jaccard": reference_jaccard(set(expected), seen),
         "text_image_alignment": text_image_alignment(parsed, seen),
+        **frame_quality(frames, seen),
     }
     if text is not None:
-        scores = {"plan_accuracy": plan_accuracy(expected, parsed), **scores}
+        scores = {"plan_accuracy": plan_accuracy(expected, parsed),
+                  "plan_step_accuracy": plan_step_accuracy(expected, parsed), **scores}
     return scores
 
 
 def score_compose(row: dict, images: Sequence[np.ndarray]) -> dict[str, float]:
-    expected = {Element.from_dict(d) for d in row["meta"]["elements"]}
-    return {"composition_accuracy": jaccard(expected, perceive(images[0])) if images else 0.0}
+    expected = frozenset(Element.from_dict(d) for d in row["meta"]["elements"])
+    found = perceive(images[0]) if images else None
+    return {"composition_accuracy": float(found == expected),
+            "composition_jaccard": jaccard(expected, found) if found is not None else 0.0,
+            **frame_quality(images[:1])}
 
 
 def score_decompose(row: dict, images: Sequence[np.ndarray]) -> dict[str, float]:
     """Output k must show element k alone, centred; order is reading order of the composite."""
     expected = [Element.from_dict(d).moved_to("center") for d in row["meta"]["elements"]]
     denom = max(len(expected), len(images))
-    total = sum(jaccard({e}, perceive(img)) for e, img in zip(expected, images))
-    return {"decomposition_accuracy": total / denom if denom else 0.0}
+    seen = [perceive(img) for img in images]
+    return {"decomposition_accuracy": _per_position([s == {e} for e, s in zip(expected, seen)], denom),
+            "decomposition_jaccard": _per_position([jaccard({e}, s) for e, s in zip(expected, seen)], denom),
+            **frame_quality(images, seen)}
 
 
 def score_style(row: dict, images: Sequence[np.ndarray]) -> dict[str, float]:
-    """style_accuracy is exact (shape, cell and swatch colour); the two parts say which half went wrong."""
-    expected = {Element.from_dict(d) for d in row["meta"]["elements"]}
+    """style_accuracy is exact (shape, cell and swatch colour); the partial axes say which half went wrong."""
+    expected = frozenset(Element.from_dict(d) for d in row["meta"]["elements"])
     found = perceive(images[0]) if images else frozenset()
     color = row["meta"]["color"]
     return {
-        "style_accuracy": jaccard(expected, found),
-        "structure_accuracy": jaccard(
-            {(e.shape, e.cell) for e in expected}, {(e.shape, e.cell) for e in found}
-        ),
-        "color_accuracy": sum(e.color == color for e in found) / len(found) if found else 0.0,
+        "style_accuracy": float(bool(images) and found == expected),
+        "style_jaccard": jaccard(expected, found) if images else 0.0,
+        "structure_jaccard": jaccard({(e.shape, e.cell) for e in expected}, {(e.shape, e.cell) for e in found}),
+        "color_fraction": sum(e.color == color for e in found) / len(found) if found else 0.0,
+        **frame_quality(images[:1]),
     }
 
 

@@ -11,6 +11,15 @@ from collections.abc import Sequence
 
 from loom.world.shapes import CELLS, COLORS, SHAPES, Element
 
+# How an element is worded in prompts and plan steps:
+# - "cell_first": "in the top left, a red circle" / "In the top left, draw a red circle."
+# - "shape_first": "a red circle in the top left" / "Draw a red circle in the top left."
+# cell_first is the default because a plan step then names the cell (what the reading order decides) before the
+# colour and shape, which the model copies from right after the same cell in the prompt (an induction-head copy);
+# shape_first asks it to write the colour of the element whose cell comes next before writing that cell, which
+# took thousands of extra steps to learn (evals/shapes/demo_scores.md). The parser reads both.
+WORDINGS = ("cell_first", "shape_first")
+WORDING = "cell_first"
 ENTITY_OBJECT = "<object>"
 ENTITY_STYLE = "<style>"
 IMAGE_TO_TUTORIAL_PROMPT = "Create a step-by-step tutorial for drawing this picture."
@@ -23,7 +32,16 @@ def image_token(index: int) -> str:
     return f"<image {index}>"
 
 
-def describe(element: Element) -> str:
+def _wording(wording: str | None) -> str:
+    w = WORDING if wording is None else wording
+    if w not in WORDINGS:
+        raise ValueError(f"unknown wording {w!r}; choose from {WORDINGS}")
+    return w
+
+
+def describe(element: Element, wording: str | None = None) -> str:
+    if _wording(wording) == "cell_first":
+        return f"in the {element.cell}, a {element.color} {element.shape}"
     return f"a {element.color} {element.shape} in the {element.cell}"
 
 
@@ -34,9 +52,11 @@ def _join(parts: Sequence[str]) -> str:
     return ", ".join(parts[:-1]) + " and " + parts[-1]
 
 
-def step_text(element: Element) -> str:
+def step_text(element: Element, wording: str | None = None) -> str:
     """One plan step without its "Step k: " prefix, as stored in the manifest."""
-    return f"Draw {describe(element)}."
+    if _wording(wording) == "cell_first":
+        return f"In the {element.cell}, draw a {element.color} {element.shape}."
+    return f"Draw {describe(element, wording)}."
 
 
 def format_plan(steps: Sequence[str]) -> str:
@@ -44,9 +64,12 @@ def format_plan(steps: Sequence[str]) -> str:
     return "\n".join(f"Step {k}: {s}" for k, s in enumerate(steps, start=1))
 
 
-def tutorial_prompt(elements: Sequence[Element]) -> str:
+def tutorial_prompt(elements: Sequence[Element], wording: str | None = None) -> str:
     """Text-to-tutorial instruction listing the elements in the given (random) order."""
-    return f"Create a tutorial for drawing {_join([describe(e) for e in elements])}."
+    parts = [describe(e, wording) for e in elements]
+    if _wording(wording) == "cell_first":  # "; " between elements: each one's own comma stays unambiguous
+        return f"Create a tutorial for drawing {'; '.join(parts[:-1]) + ' and ' if len(parts) > 1 else ''}{parts[-1]}."
+    return f"Create a tutorial for drawing {_join(parts)}."
 
 
 def compose_prompt(cells: Sequence[str]) -> str:
@@ -64,9 +87,15 @@ def _alternation(words: Sequence[str]) -> str:
     )
 
 
+_CELL_ALT = _alternation([*CELLS, "centre", "middle"])
 _ELEMENT_RE = re.compile(
     rf"\b(?P<color>{_alternation(COLORS)})\s+(?P<shape>{_alternation(SHAPES)})s?\b"
-    rf".*?\bin\s+the\s+(?P<cell>{_alternation([*CELLS, 'centre', 'middle'])})\b",
+    rf".*?\bin\s+the\s+(?P<cell>{_CELL_ALT})\b",
+    re.IGNORECASE | re.DOTALL,
+)
+_CELL_FIRST_RE = re.compile(  # "In the top left, draw a red circle"
+    rf"\bin\s+the\s+(?P<cell>{_CELL_ALT})\b\s*,?\s*(?:draw\s+)?(?:an?\s+)?"
+    rf"(?P<color>{_alternation(COLORS)})\s+(?P<shape>{_alternation(SHAPES)})s?\b",
     re.IGNORECASE | re.DOTALL,
 )
 _STEP_RE = re.compile(r"\**\s*step\s*\d+\s*\**\s*[:.)\-]\s*\**", re.IGNORECASE)
@@ -74,10 +103,12 @@ _CELL_ALIASES = {"centre": "center", "middle": "center"}
 
 
 def parse_element(text: str) -> Element | None:
-    """First "<color> <shape> ... in the <cell>" in the text, or None when the text names no valid element."""
-    m = _ELEMENT_RE.search(text)
-    if m is None:
+    """The element a step names — "in the <cell>, (draw) a <color> <shape>" or "<color> <shape> ... in the
+    <cell>", whichever starts first — or None when the text names no valid element."""
+    found = [m for m in (_CELL_FIRST_RE.search(text), _ELEMENT_RE.search(text)) if m is not None]
+    if not found:
         return None
+    m = min(found, key=lambda m: m.start())
     cell = re.sub(r"[\s_-]+", " ", m["cell"].lower())
     return Element(m["color"].lower(), m["shape"].lower(), _CELL_ALIASES.get(cell, cell))
 

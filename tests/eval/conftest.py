@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 from PIL import Image
 
-from loom.eval.fakes import FakeJudgeServer, Handler
+from loom.eval.fakes import FakeOpenAIServer, Handler
 from loom.eval.judge import JudgeClient, JudgeConfig
 
 
@@ -20,11 +20,11 @@ def _judge_key(monkeypatch: pytest.MonkeyPatch) -> None:
 
 
 @pytest.fixture
-def judge_server() -> Iterator[Callable[[Handler], FakeJudgeServer]]:
-    servers: list[FakeJudgeServer] = []
+def judge_server() -> Iterator[Callable[[Handler], FakeOpenAIServer]]:
+    servers: list[FakeOpenAIServer] = []
 
-    def start(handler: Handler) -> FakeJudgeServer:
-        srv = FakeJudgeServer(handler).__enter__()
+    def start(handler: Handler) -> FakeOpenAIServer:
+        srv = FakeOpenAIServer(handler).__enter__()
         servers.append(srv)
         return srv
 
@@ -33,7 +33,7 @@ def judge_server() -> Iterator[Callable[[Handler], FakeJudgeServer]]:
         s.__exit__(None, None, None)
 
 
-def make_client(srv: FakeJudgeServer, cache: Path | None = None, **kw: Any) -> JudgeClient:
+def make_client(srv: FakeOpenAIServer, cache: Path | None = None, **kw: Any) -> JudgeClient:
     cfg = dict(
         model="gpt-4o-2024-08-06",
         base_url=srv.base_url,

@@ -12,7 +12,6 @@ import pytest
 from conftest import make_client, make_run, rubric_reply
 from PIL import Image
 
-from loom.eval.fsio import EvalInputError
 from loom.eval.judge import JudgeClient, JudgeConfig, JudgeError, extract_json_object
 from loom.eval.results import load_run
 from loom.eval.rubrics import PAINTING, TUTORIAL, build_messages, validate_reply
@@ -235,7 +234,7 @@ def test_non_retryable_error_raises(tmp_path, judge_server):
 
 def test_missing_key_is_a_clear_error(monkeypatch):
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
-    with pytest.raises(EvalInputError, match="NO_SUCH_KEY_VAR"):
+    with pytest.raises(JudgeError, match="NO_SUCH_KEY_VAR"):
         JudgeClient(JudgeConfig(model="m", api_key_env="NO_SUCH_KEY_VAR"))
 
 

@@ -192,5 +192,21 @@ def test_dry_run_writes_every_table(tmp_path):
         for ext in ("md", "tex", "json"):
             assert (tmp_path / "tables" / f"table{n}.{ext}").stat().st_size > 100
     t1 = json.loads((tmp_path / "tables/table1.json").read_text())
-    assert [r[0] for r in t1["rows"][-2:]] == ["Loom (ours)", "Bagel (ours)"]
+    assert [r[0] for r in t1["rows"][-2:]] == ["Loom (dry run)", "Bagel (dry run)"]
     assert t1["rows"][-1][6] == "—"  # the external-plan baseline has no NC
+    from loom.eval.fakes import FAKE_JUDGE_MODEL
+
+    # every table, every row of ours and every JSON says DRY RUN and names the fake judge, never the real one
+    for n in range(1, 7):
+        t = json.loads((tmp_path / "tables" / f"table{n}.json").read_text())
+        assert t["caption"].startswith(f"DRY RUN (fake judge {FAKE_JUDGE_MODEL})")
+        assert t["data"]["dry_run"]["judge"] == FAKE_JUDGE_MODEL
+        ours = [r for r in t["rows"] if r[1] != "paper"]
+        assert ours and all(r[1] == f"dry run, {FAKE_JUDGE_MODEL}" for r in ours)
+        assert all("(ours)" not in r[0] for r in ours)
+        assert "gpt-4" not in json.dumps(t["data"]["ours"]).lower()
+        md = (tmp_path / "tables" / f"table{n}.md").read_text()
+        assert md.startswith("**DRY RUN") and "| ours |" not in md and "- DRY RUN: " in md
+    records = [json.loads(ln) for f in (tmp_path / "runs").rglob("*.jsonl") if "judge" in f.name
+               for ln in f.read_text().splitlines() if ln.strip()]
+    assert records and {r["judge_model"] for r in records if "judge_model" in r} == {FAKE_JUDGE_MODEL}

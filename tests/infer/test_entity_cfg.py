@@ -10,9 +10,11 @@ from loom.infer.entity_cfg import (
     combine_entity_cfg,
     entity_attention_map,
     entity_scale_map,
+    guided_velocity,
     mask_from_pixels,
     smooth_map,
 )
+from loom.infer.sampling import RENORM_TYPES, combine_cfg
 
 
 def test_threshold_and_top_fraction():
@@ -74,3 +76,62 @@ def test_combination_numbers():
     out3 = combine_entity_cfg(vc, vu, 4.0, 3.0, mask, v_no_entity=ve)
     assert out3.tolist() == [[4.0, 10.0], [9.0, 13.0], [14.0, 20.0]]  # + (3-1)(vc - ve) inside only
     assert torch.equal(combine_entity_cfg(vc, vu, 4.0, 1.0, mask, v_no_entity=ve), std)
+
+
+def _branches(n: int = 64, d: int = 16):
+    g = torch.Generator().manual_seed(0)
+    v_c, v_t, v_i = (torch.randn(n, d, generator=g) for _ in range(3))
+    return v_c, v_t + 0.5 * v_c, v_i + 0.5 * v_c
+
+
+@pytest.mark.parametrize("renorm", RENORM_TYPES)
+@pytest.mark.parametrize("img_scale", [1.0, 2.0])
+def test_background_is_plain_cfg_for_every_renorm(renorm, img_scale):
+    """Outside the entity region the guided velocity IS plain CFG (bit for bit), whatever the renorm; inside it is
+    CFG at s_entity. Under `global` renorm the old single renorm rescaled the background too."""
+    v_c, v_t, v_i = _branches()
+    mask = torch.zeros(64, dtype=torch.bool)
+    mask[:16] = True
+    plain = combine_cfg(v_c, v_t, v_i, 4.0, img_scale, renorm)
+    ent = combine_cfg(v_c, v_t, v_i, 8.0, img_scale, renorm)
+    assert not torch.equal(plain[mask], ent[mask])
+    v = guided_velocity(v_c, v_t, v_i, 4.0, img_scale, 8.0, mask, renorm)
+    if renorm == "global":  # the old rule (mix the scales, then renorm once) moved the background
+        s_map = entity_scale_map(mask, 4.0, 8.0)[:, None]
+        mixed = v_t + s_map * (v_c - v_t)
+        mixed = v_i + img_scale * (mixed - v_i) if img_scale > 1 else mixed
+        old = mixed * (v_c.norm() / mixed.norm()).clamp(max=1.0)
+        assert ((old - plain)[~mask].norm() / plain[~mask].norm()).item() > 0.05
+    assert torch.equal(v[~mask], plain[~mask])
+    assert torch.equal(v[mask], ent[mask])
+    soft = torch.linspace(0, 1, 64)  # a soft mask blends the two fields; m = 0 is plain CFG exactly
+    vs = guided_velocity(v_c, v_t, v_i, 4.0, img_scale, 8.0, soft, renorm)
+    assert torch.equal(vs[0], plain[0]) and torch.allclose(vs[-1], ent[-1])
+    torch.testing.assert_close(vs[32], plain[32] + soft[32] * (ent[32] - plain[32]))
+    # no mask, no text branch, or s_entity = s: plain CFG
+    assert torch.equal(guided_velocity(v_c, v_t, v_i, 4.0, img_scale, 4.0, mask, renorm), plain)
+    assert torch.equal(guided_velocity(v_c, v_t, v_i, 4.0, img_scale, 8.0, None, renorm), plain)
+    no_text = combine_cfg(v_c, None, v_i, 4.0, img_scale, renorm)
+    assert torch.equal(guided_velocity(v_c, None, v_i, 4.0, img_scale, 8.0, mask, renorm), no_text)
+
+
+def test_user_mask_is_saved_and_recorded(pipe, tiny_settings, tmp_path):
+    """The mask that guided each frame is written beside it (white = s_entity) and named in result.json."""
+    import json
+
+    from infer_helpers import pattern_image
+    from PIL import Image
+
+    from loom.infer.output import write_result
+
+    mask = Image.new("L", (32, 32), 0)
+    mask.paste(255, (0, 0, 16, 32))  # left half of the 2×2 token grid
+    mask.save(tmp_path / "mask.png")
+    res = pipe.run("compose", "The <model> of <image 1>", [pattern_image(1)],
+                   tiny_settings(entity_scale=7.0, entity_mask=str(tmp_path / "mask.png")))
+    write_result(res, tmp_path / "out")
+    d = json.loads((tmp_path / "out" / "result.json").read_text())
+    ent = d["steps"][0]["entity_cfg"]
+    assert ent["mask_source"] == "user" and ent["coverage"] == 0.5 and d["entity_cfg"]["mask_source"] == "user"
+    saved = Image.open(tmp_path / "out" / ent["mask_image"])
+    assert saved.size == (32, 32) and saved.tobytes() == mask.tobytes()

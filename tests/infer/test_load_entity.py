@@ -75,3 +75,41 @@ def test_entity_cfg_hook(pipe, tmp_path):
     torch.testing.assert_close(h2(v_c, v_t, v_i, 4.0, 2.0), combine_cfg(v_c, v_t, v_i, 4.0, 2.0, "global", 0.0))
     with pytest.raises(InputError, match="entity token"):
         pipe._entity_hook(s, "no tags here", 2, 2)
+
+
+@pytest.mark.parametrize("num_gpus", [2, 3, 4, 8])
+def test_balanced_map_from_accelerate_peaks_no_higher_than_an_even_split(num_gpus):
+    """accelerate's `infer_auto_device_map` places the decoder layers (planning only: 28-layer tiny-width model on
+    the meta device, GPU sizes given): every layer whole and placed, embeddings / heads / ViT on GPU 0, devices in
+    layer order, and the most loaded GPU holds no more than under the old even split by layer count."""
+    from collections import Counter
+
+    from accelerate.utils import compute_module_sizes
+
+    from loom.config import merge_into
+    from loom.model.configs import preset
+    from loom.model.loom import Loom
+
+    with torch.device("meta"):
+        model = Loom(merge_into(preset("loom-tiny"), {"llm": {"num_hidden_layers": 28}}))
+    dm = plan_device_map(model, "balanced", gpu_memory_gib={i: 80.0 for i in range(num_gpus)})
+    layers = [dm[f"language_model.model.layers.{i}"] for i in range(28)]
+    assert layers == sorted(layers) and set(layers) <= set(range(num_gpus))
+    assert dm["language_model.lm_head"] == dm["vit_model"] == dm["language_model.model.embed_tokens"] == 0
+    sizes = compute_module_sizes(model)
+    per_layer = sizes["language_model.model.layers.0"]
+    fixed = sizes[""] - sizes["language_model.model.layers"]
+
+    def peak(counts: Counter) -> int:
+        return max(counts[g] * per_layer + (fixed if g == 0 else 0) for g in range(num_gpus))
+
+    per = -(-28 // num_gpus)  # the old plan: ceil(28 / n) consecutive layers per GPU
+    assert peak(Counter(layers)) <= peak(Counter(i // per for i in range(28)))
+
+
+def test_offload_map_keeps_fixed_modules_and_spills_in_order(loaded):
+    dm = plan_device_map(loaded.model, "offload")  # CPU machine: every layer streamed from CPU RAM
+    assert {dm[f"language_model.model.layers.{i}"] for i in range(2)} == {"cpu"}
+    assert dm["language_model.lm_head"] == "cpu"
+    dd = plan_device_map(loaded.model, "disk")
+    assert {dd[f"language_model.model.layers.{i}"] for i in range(2)} == {"disk"}

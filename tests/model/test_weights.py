@@ -25,6 +25,51 @@ def test_config_overrides_from_release(fixture_dir):
     assert cfg.vae.ch == 32 and cfg.vae.ch_mult == [1, 1, 1, 1] and cfg.vae.num_res_blocks == 1
 
 
+def _flux_ae_without_encoder_blocks(ch: int = 8, z: int = 4) -> dict[str, torch.Tensor]:
+    """FLUX-layout AE keys with num_res_blocks = 0 and ch_mult [1, 2]: the encoder has NO `down.{i}.block.*`
+    (level 1 has no keys at all); the decoder has num_res_blocks + 1 = 1 block per level."""
+    conv = lambda o, i: torch.zeros(o, i, 3, 3)  # noqa: E731
+    return {
+        "encoder.conv_in.weight": conv(ch, 3), "encoder.down.0.downsample.conv.weight": conv(ch, ch),
+        "encoder.mid.block_1.conv1.weight": conv(ch, ch), "encoder.conv_out.weight": conv(2 * z, ch),
+        "decoder.conv_in.weight": conv(2 * ch, z), "decoder.mid.block_1.conv1.weight": conv(2 * ch, 2 * ch),
+        "decoder.up.1.block.0.conv1.weight": conv(2 * ch, 2 * ch), "decoder.up.1.block.0.conv2.weight": conv(2 * ch, 2 * ch),
+        "decoder.up.1.upsample.conv.weight": conv(2 * ch, 2 * ch),
+        "decoder.up.0.block.0.conv1.weight": conv(ch, 2 * ch), "decoder.up.0.block.0.conv2.weight": conv(ch, ch),
+        "decoder.conv_out.weight": conv(3, ch),
+    }
+
+
+def test_vae_geometry_without_encoder_residual_blocks(tmp_path, fixture_dir):
+    dst, _ = _copy(fixture_dir, tmp_path)
+    ae = _flux_ae_without_encoder_blocks()
+    save_file(ae, str(dst / "ae.safetensors"))
+    vae = config_from_release(dst).vae
+    assert (vae.ch, vae.ch_mult, vae.num_res_blocks, vae.z_channels, vae.downsample) == (8, [1, 2], 0, 4, 2)
+
+
+@pytest.mark.parametrize("key", ["decoder.conv_in.weight", "encoder.conv_in.weight",
+                                 "decoder.up.1.block.0.conv2.weight"])
+def test_missing_vae_key_names_file_and_key(tmp_path, fixture_dir, key):
+    dst, _ = _copy(fixture_dir, tmp_path)
+    ae = _flux_ae_without_encoder_blocks()
+    del ae[key]
+    save_file(ae, str(dst / "ae.safetensors"))
+    with pytest.raises(CheckpointError, match=f"ae.safetensors: missing key '{key}'"):
+        config_from_release(dst)
+
+
+def test_missing_config_key_names_file_and_key(tmp_path, fixture_dir):
+    import json
+
+    dst, _ = _copy(fixture_dir, tmp_path)
+    d = json.loads((dst / "llm_config.json").read_text())
+    del d["hidden_size"]
+    (dst / "llm_config.json").write_text(json.dumps(d))
+    with pytest.raises(CheckpointError, match="llm_config.json: missing key 'hidden_size'"):
+        config_from_release(dst)
+
+
 def test_loads_all_keys_and_zero_inits_temporal(bagel_tiny, fixture_dir):
     model, _, tok, _ = bagel_tiny
     sd = load_file(str(fixture_dir / "ema.safetensors"))

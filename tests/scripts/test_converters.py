@@ -24,45 +24,74 @@ def _img(path: Path, color, size=(32, 32)) -> str:
     return path.name
 
 
-def test_recipegen(tmp_path):
+def test_recipegen_trains_on_the_eval_prompt(tmp_path):
+    from loom.eval.benchmarks import load_recipegen
+
     src = tmp_path / "recipegen"
-    for rid, n in (("r1", 4), ("r2", 2), ("r3", 3)):
-        steps = [{"instruction": f"step {k} of {rid}", "image": _img(src / f"{rid}_{k}.jpg", (k * 50, 0, 0))}
+    for rid, n in (("r1", 4), ("r2", 2), ("r3", 3), ("r4", 3)):
+        steps = [{"text": f"Step {k + 1}: step {k} of {rid}", "image": _img(src / f"{rid}_{k}.jpg", (k * 50, 0, 0))}
                  for k in range(n)]
         (src / f"{rid}.json").write_text(json.dumps({"id": rid, "title": f"dish {rid}", "steps": steps}))
     (src / "r3_2.jpg").unlink()  # a missing frame drops the recipe
+    (tmp_path / "test_ids.txt").write_text("# held-out recipes\nr4\n")
     out = tmp_path / "out"
-    stats = _load("convert_recipegen").convert(src, out, min_steps=3, copy_images=True)
-    assert stats == {"rows": 1, "too_few_steps": 1, "missing_image": 1, "missing_text": 0}
+    conv = _load("convert_recipegen")
+    stats = conv.convert(src, out, min_steps=3, copy_images=True, exclude={"r4"})
+    assert stats == {"rows": 1, "held_out": 1, "too_few_steps": 1, "missing_image": 1, "missing_text": 0}
     row = json.loads((out / "train.jsonl").read_text())
-    assert row["task"] == "tutorial" and row["prompt"] == "How to make dish r1"
-    assert row["plan"] == [f"step {k} of r1" for k in range(4)] and len(row["frames"]) == 4
+    assert row["task"] == "tutorial" and row["prompt"] == "Create a tutorial for making dish r1."
+    # the eval loader builds its prompt from the same template: training and Table 1 share the wording
+    (tmp_path / "eval.jsonl").write_text((src / "r1.json").read_text().replace("\n", " ") + "\n")
+    (bench,) = load_recipegen(tmp_path / "eval.jsonl")
+    assert bench.prompt == row["prompt"]
+    assert row["plan"] == [f"step {k} of r1" for k in range(4)] and len(row["frames"]) == 4  # labels stripped
     assert Image.open(out / row["frames"][2]).getpixel((0, 0)) == (100, 0, 0)
     rep = validate_manifest(out / "train.jsonl")
     assert rep.num_records == 1 and not rep.errors
+    assert conv.main([str(src), str(tmp_path / "o2"), "--exclude-ids", str(tmp_path / "test_ids.txt")]) == 0
 
 
-def test_makeanything_splits_grid_panels(tmp_path):
+def _grid(path: Path, colors, rows: int, cols: int, panel: int = 20) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    grid = Image.new("RGB", (cols * panel, rows * panel))
+    for k, c in enumerate(colors):
+        r, q = divmod(k, cols)
+        grid.paste(c, (panel * q, panel * r, panel * q + panel, panel * r + panel))
+    grid.save(path)
+
+
+def test_makeanything_writes_image_to_tutorial_rows_as_evaluated(tmp_path):
+    from loom.eval.benchmarks import load_makeanything
+
     src = tmp_path / "grids"
-    src.mkdir()
-    grid = Image.new("RGB", (60, 40))
-    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0), (0, 255, 255), (255, 0, 255)]
-    for k, c in enumerate(colors):  # 2 rows × 3 columns of 20×20 panels
-        grid.paste(c, (20 * (k % 3), 20 * (k // 3), 20 * (k % 3) + 20, 20 * (k // 3) + 20))
-    grid.save(src / "fox.png")
-    (src / "fox.txt").write_text("Draw a fox\n" + "\n".join(f"Step {k + 1}: stroke {k + 1}" for k in range(6)))
+    colors = [(255, 0, 0), (0, 255, 0), (0, 0, 255), (255, 255, 0)]
+    _grid(src / "fox.png", colors, 2, 2)
+    caption = "2*2 of 4 sub-images, step-by-step oil painting of a fox."
+    (src / "fox.caption").write_text(caption + "\n" + "\n".join(f"Step {k + 1}: stroke {k + 1}" for k in range(4)))
+    _grid(src / "owl.png", colors[::-1], 2, 2)
+    (src / "owl.caption").write_text("2*2 of 4 sub-images, step-by-step pencil sketch of an owl")  # no steps
+    _grid(src / "cat.png", colors * 2 + [(9, 9, 9)], 3, 3)
+    (src / "cat.caption").write_text("3*3 of 9 sub-images, a cat\nStep 1: only one step")  # 9 panels, 1 step
     Image.new("RGB", (10, 10)).save(src / "orphan.png")  # no caption: skipped and counted
     out = tmp_path / "out"
     stats = _load("convert_makeanything").convert(src, out)
-    assert stats == {"rows": 1, "no_caption": 1, "shape_mismatch": 0}
+    assert stats == {"rows": 1, "needs_captions": 1, "no_caption": 1, "held_out": 0, "unknown_layout": 0,
+                     "step_count_mismatch": 1}
     row = json.loads((out / "train.jsonl").read_text())
-    assert row["plan"] == [f"stroke {k + 1}" for k in range(6)] and row["meta"]["grid"] == "2x3"
-    got = [Image.open(out / f).getpixel((10, 10)) for f in row["frames"]]
-    assert got == colors and Image.open(out / row["frames"][0]).size == (20, 20)
+    assert row["prompt"] == "Create a 4-step tutorial that ends at the given image: step-by-step oil painting of a fox."
+    assert row["plan"] == [f"stroke {k + 1}" for k in range(4)] and row["meta"]["grid"] == "2x2"
+    assert row["input_images"] == [row["frames"][-1]]  # conditioned on the final panel, as Tables 2/4
+    assert [Image.open(out / f).getpixel((10, 10)) for f in row["frames"]] == colors
+    (fox,) = [it for it in load_makeanything(src) if it.item_id == "fox"]  # the eval item of the same grid
+    assert fox.prompt == row["prompt"]
+    trained = Image.open(out / row["input_images"][0]).convert("RGB")
+    assert fox.inputs[0].tobytes() == trained.tobytes() and fox.inputs[0].size == trained.size
     assert not validate_manifest(out / "train.jsonl").errors
+    (owl,) = [json.loads(x) for x in (out / "frames.jsonl").read_text().splitlines()]
+    assert owl["plan"] == [] and owl["prompt"].startswith("Create a 4-step tutorial") and len(owl["frames"]) == 4
 
 
-def test_omnicontext_folders(tmp_path):
+def test_omnicontext_inserts_entity_tokens(tmp_path):
     src = tmp_path / "omni"
     for name, n_in in (("s1", 2), ("s2", 3)):
         d = src / name
@@ -76,14 +105,34 @@ def test_omnicontext_folders(tmp_path):
     _img(src / "s10" / "input_2.png", (0, 0, 0))
     _img(src / "s10" / "target.png", (0, 0, 0))
     (src / "s10" / "meta.json").write_text(json.dumps({"prompt": "Style <image 2> like <image 1>", "task": "style"}))
+    _img(src / "tryon" / "input_1_model.png", (5, 5, 5))  # entity categories from the file names
+    _img(src / "tryon" / "input_2_garment.png", (6, 6, 6))
+    _img(src / "tryon" / "output.png", (7, 7, 7))
+    (src / "tryon" / "instruction.txt").write_text("Dress <image 1> in <image 2>.")
+    _img(src / "pair" / "input_1.png", (5, 5, 5))  # entity categories declared in meta.json
+    _img(src / "pair" / "input_2.png", (6, 6, 6))
+    _img(src / "pair" / "output.png", (7, 7, 7))
+    (src / "pair" / "meta.json").write_text(json.dumps({"instruction": "Hand <image 2> to <image 1>.",
+                                                       "entities": ["character", "<bag>"]}))
+    _img(src / "split" / "input_1.png", (5, 5, 5))
+    _img(src / "split" / "output_1.png", (6, 6, 6))
+    _img(src / "split" / "output_2.png", (7, 7, 7))
+    (src / "split" / "meta.json").write_text(json.dumps({"instruction": "Extract every subject of <image 1>.",
+                                                        "task": "decompose", "entities": ["model", "upper"]}))
     out = tmp_path / "out"
     stats = _load("convert_omnicontext").convert(src, out)
-    assert stats == {"rows": 3, "no_instruction": 1, "no_images": 0}
+    assert stats == {"rows": 6, "no_instruction": 1, "no_images": 0, "bad_entities": 0}
     rows = {r["id"]: r for r in map(json.loads, (out / "train.jsonl").read_text().splitlines())}
     assert rows["omnicontext-s2"]["task"] == "compose" and len(rows["omnicontext-s2"]["input_images"]) == 3
     assert rows["omnicontext-s10"]["task"] == "style"
     assert [Path(p).name for p in rows["omnicontext-s10"]["input_images"]] == ["input_2.png", "input_10.png"]
-    assert not validate_manifest(out / "train.jsonl").errors
+    assert rows["omnicontext-tryon"]["prompt"] == "Dress <model> <image 1> in <garment> <image 2>."
+    assert rows["omnicontext-pair"]["prompt"] == "Hand <bag> <image 2> to <character> <image 1>."
+    assert rows["omnicontext-split"]["prompt"] == (
+        "Extract every subject of <image 1>. Output order: the <model>, the <upper>.")
+    assert rows["omnicontext-s1"]["prompt"] == "Put <image 1> next to <image 2> (s1)"  # no categories: unchanged
+    rep = validate_manifest(out / "train.jsonl")
+    assert not rep.errors and not [w for w in rep.warnings if "unknown tag" in w.message]
 
 
 def test_bench_train_cpu(tmp_path):

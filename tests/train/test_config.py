@@ -43,7 +43,11 @@ def test_model_overrides_merge_strictly():
 @pytest.mark.parametrize("name", sorted(p.name for p in CONFIGS.glob("*.yaml")))
 def test_shipped_configs_resolve(name):
     cfg = load_train_config(CONFIGS / name, ["run.dir=/tmp/x"])
-    if name != "tiny_cpu.yaml":
+    if name == "shapes_demo.yaml":  # the CPU demo trains from scratch (its own recipe, evals/shapes/demo_scores.md)
+        assert cfg.model.init == "scratch" and cfg.model.preset == "loom-shapes"
+        assert (cfg.loss.ce_weight, cfg.loss.mse_weight) == (0.25, 1.0)
+        assert not cfg.parallel.activation_checkpointing
+    elif name != "tiny_cpu.yaml":
         # the paper's recipe (§4.1): AdamW, lr 2.5e-5 constant, CE:MSE 0.25:1, batch 4
         assert cfg.optim.lr == 2.5e-5 and cfg.optim.schedule == "constant" and cfg.optim.warmup_steps == 0
         assert (cfg.loss.ce_weight, cfg.loss.mse_weight) == (0.25, 1.0)

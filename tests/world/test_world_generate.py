@@ -64,8 +64,8 @@ def test_tutorial_rows_follow_the_manifest_format(tmp_path: Path) -> None:
         assert row["task"] == "tutorial" and row["input_images"] == []
         els = [Element.from_dict(d) for d in row["meta"]["elements"]]
         assert 2 <= len(els) <= 6 and els == reading_order(els)
-        assert row["prompt"].startswith("Create a tutorial for drawing a ")
-        assert all(not s.startswith("Step") and s.startswith("Draw a ") for s in row["plan"])
+        assert row["prompt"].startswith("Create a tutorial for drawing in the ")
+        assert all(not s.startswith("Step") and s.startswith("In the ") for s in row["plan"])
         assert parse_plan(row["plan"]) == els and len(row["frames"]) == len(els)
         for k, rel in enumerate(row["frames"], start=1):
             assert rel.startswith("frames/")

@@ -7,11 +7,24 @@ GREEN = Element("green", "triangle", "bottom right")
 
 
 def test_prompt_and_step_wording() -> None:
-    assert step_text(RED) == "Draw a red circle in the top left."
+    # default: the cell first (a step names its cell, then copies colour and shape from after that cell)
+    assert step_text(RED) == "In the top left, draw a red circle."
     assert tutorial_prompt([BLUE, RED]) == (
+        "Create a tutorial for drawing in the center, a blue square and in the top left, a red circle."
+    )
+    assert tutorial_prompt([BLUE, RED, GREEN]) == (
+        "Create a tutorial for drawing in the center, a blue square; in the top left, a red circle and in the "
+        "bottom right, a green triangle."
+    )
+    assert step_text(RED, "shape_first") == "Draw a red circle in the top left."
+    assert tutorial_prompt([BLUE, RED], "shape_first") == (
         "Create a tutorial for drawing a blue square in the center and a red circle in the top left."
     )
-    assert tutorial_prompt([BLUE, RED, GREEN]).count(",") == 1
+    assert tutorial_prompt([BLUE, RED, GREEN], "shape_first").count(",") == 1
+    import pytest
+
+    with pytest.raises(ValueError, match="unknown wording"):
+        step_text(RED, "colour_first")
     assert compose_prompt(["top left", "center"]) == (
         "Place the <object> from <image 1> in the top left and the <object> from <image 2> in the center."
     )
@@ -19,9 +32,15 @@ def test_prompt_and_step_wording() -> None:
 
 
 def test_plan_round_trip() -> None:
-    steps = [step_text(e) for e in (RED, BLUE, GREEN)]
-    assert parse_plan(format_plan(steps)) == [RED, BLUE, GREEN]
-    assert parse_plan(steps) == [RED, BLUE, GREEN]
+    for wording in ("cell_first", "shape_first"):
+        steps = [step_text(e, wording) for e in (RED, BLUE, GREEN)]
+        assert parse_plan(format_plan(steps)) == [RED, BLUE, GREEN]
+        assert parse_plan(steps) == [RED, BLUE, GREEN]
+    # whichever element phrase starts first wins
+    assert parse_element("In the top, draw a red circle in the bottom.") == Element("red", "circle", "top")
+    assert parse_element("Draw a red circle in the bottom. In the top, draw a blue square.") == Element(
+        "red", "circle", "bottom")
+    assert parse_element("In the top left, draw a pink circle.") is None
 
 
 def test_parser_is_tolerant_but_not_lenient() -> None:

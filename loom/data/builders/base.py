@@ -37,7 +37,9 @@ class BuildConfig:
     n_max: int = DEFAULT_N_MAX  # plans and frames truncated at N_max = 6 (appendix A.1)
     use_temporal: bool = True  # False = ablation "w/o Time Embedding": every frame slot 0
     stepwise_prompt: bool = True  # False = ablation "w/o Stepwise Prompt": no S_t, global instruction only
-    frames_per_visit: int | None = None  # tutorial: None = one instance per target frame; n = n sampled ones
+    # tutorial: None = one instance per target frame; n = n sampled ones; 0 = one plan-only instance (the prefix
+    # [scaffold, references, plan] that every frame instance shares: plan CE without rendering a frame)
+    frames_per_visit: int | None = None
     rotate_history: bool = True  # training rotation offset (Eq. 6); False = o = 0 (the inference rule)
     scaffold: str = DEFAULT_SCAFFOLD  # planning skeleton; fields {prompt}, {n_max}, {num_steps}
     vae_transform: tuple[int, int, int] = (64, 32, 16)  # (max, min, stride); BAGEL: (1024, 512, 16)
@@ -57,8 +59,8 @@ class BuildConfig:
     def __post_init__(self) -> None:
         check_scaffold(self.scaffold)
         fpv = self.frames_per_visit
-        if self.k_max < 0 or self.n_max < 1 or (fpv is not None and fpv < 1):
-            raise ValueError("need k_max ≥ 0, n_max ≥ 1 and frames_per_visit None or ≥ 1")
+        if self.k_max < 0 or self.n_max < 1 or (fpv is not None and fpv < 0):
+            raise ValueError("need k_max ≥ 0, n_max ≥ 1 and frames_per_visit None or ≥ 0")
         if self.n_max > self.max_frames:
             raise ValueError(f"n_max {self.n_max} exceeds the model's {self.max_frames} frame slots")
 

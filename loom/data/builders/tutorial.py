@@ -102,6 +102,8 @@ def build_tutorial(record: dict, ctx: BuildContext, rng: random.Random, source: 
     images = ImageCache(ctx, source)
     prefix = tutorial_prefix(ctx, images, record["prompt"], list(record.get("input_images", [])))
     plan = plan_item(ctx, steps)
+    if c.frames_per_visit == 0:  # plan-only instance: the shared prefix, CE on the plan, no frame
+        return [SequencePlan([*prefix, plan], source=f"{source}#plan")]
     targets = list(range(1, n + 1))
     if c.frames_per_visit is not None and c.frames_per_visit < n:
         targets = sorted(rng.sample(targets, c.frames_per_visit))

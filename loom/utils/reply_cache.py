@@ -1,8 +1,10 @@
-"""On-disk cache of judge calls: one JSON file per call, so a rerun never pays twice.
+"""On-disk cache of endpoint replies (judge, captioning VLM, image endpoints): one JSON file per call, so a rerun
+never pays twice.
 
-The key hashes everything that can change the reply: judge model, the full message list (prompt text and the
-image bytes, which sit inside the messages as base64 data URLs), sampling settings, and the repeat index (at
-temperature 0 the three repeats are identical requests; only the key tells them apart).
+The key hashes everything that can change the reply: model, the full request (prompt text and the image bytes,
+which sit inside the messages as base64 data URLs or are hashed by the caller), sampling settings, and the repeat
+index (at temperature 0 the three judge repeats are identical requests; only the key tells them apart). Only
+well-formed replies are stored: a failed or malformed call is retried by the next run instead of replayed.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from loom.eval.fsio import atomic_write_json
+from loom.utils.io import atomic_write_json
 
 
 def cache_key(model: str, messages: list[dict[str, Any]], params: dict[str, Any], repeat: int | str) -> str:
@@ -36,7 +38,7 @@ class CachedReply:
     created: float
 
 
-class JudgeCache:
+class ReplyCache:
     """Files live at `<root>/<key[:2]>/<key>.json`; the two-level layout keeps directories small."""
 
     def __init__(self, root: Path) -> None:
@@ -54,7 +56,7 @@ class JudgeCache:
             return CachedReply(
                 d["text"], d["model_served"], d["prompt_tokens"], d["completion_tokens"], d["created"]
             )
-        except (json.JSONDecodeError, KeyError):
+        except (OSError, UnicodeDecodeError, json.JSONDecodeError, KeyError, TypeError):
             return None  # a corrupt entry is treated as a miss and overwritten on the next call
 
     def put(self, key: str, reply: CachedReply, request_model: str) -> None:

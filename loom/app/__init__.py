@@ -1,0 +1,1 @@
+"""`loom serve`: the web demo (Gradio, optional extra `.[app]`). `stream` turns a generation into events."""
