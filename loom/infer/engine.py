@@ -231,8 +231,9 @@ class Engine:
         """Decode starting from `<|im_start|>`. Returns (fed ids incl. the start token, per-step logits
         [n, V], the context with every fed token cached). The start token counts towards `max_length`."""
         ids, logits_all, tok = [], [], self.tokens.bos
-        ctx = ctx.with_room(max_length)  # one copy at most; every token is then appended in place
-        for _ in range(max_length):
+        for step in range(max_length):
+            if ctx.segments and ctx.tip_room() < 1:  # one copy at most; every token is then appended in place
+                ctx = ctx.with_room(max_length - step)
             blk = self.text_block(ctx, [tok], wrap=False)
             h, kv = self.forward_blocks([ctx], [blk])
             ctx = ctx.append(kv[0], 1, "gen")
