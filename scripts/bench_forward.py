@@ -105,27 +105,18 @@ def narrow_pack(cfg, num_samples: int = 1, seed: int = 0, pkg: str = "loom"):
 def main_ab(args) -> None:
     import importlib
 
+    import bench_model as bm
     import torch.nn.attention.flex_attention as fa
-    from bench_model import (
-        git_rev,
-        import_baseline,
-        interleave,
-        machine,
-        narrow_config,
-        seeded_model,
-        summarise,
-    )
 
     from loom.utils.io import atomic_write_json
 
-    base = import_baseline(args.ab)
-    print(f"A = {args.ab} (as {base}), B = this checkout ({git_rev()}), {args.rounds} rounds interleaved")
+    base = bm.start_ab(args.ab, args.rounds)
     models, batches = {}, {}
     for v, pkg in (("A", base), ("B", "loom")):
-        cfg = narrow_config(pkg=pkg)
+        cfg = bm.narrow_config(pkg=pkg)
         models[v] = importlib.import_module(f"{pkg}.model.loom").Loom(cfg).eval()
         batches[v] = narrow_pack(cfg, pkg=pkg)
-    models["A"].load_state_dict(seeded_model(narrow_config()).state_dict())  # same weights for A and B
+    models["A"].load_state_dict(bm.seeded_model(bm.narrow_config()).state_dict())  # same weights for A and B
     models["B"].load_state_dict(models["A"].state_dict())
     n_vae = batches["B"].num_vae_tokens
     x0 = torch.randn(n_vae, 64, generator=torch.Generator().manual_seed(1))
@@ -151,8 +142,8 @@ def main_ab(args) -> None:
         print(f"  {v}: flex block masks per forward {counts[v]}, mse {out.mse.mean():.6f}")
     results = {}
     for backend in ("sdpa", "flex"):
-        t = interleave({v: forward(v, backend) for v in ("A", "B")}, args.rounds)
-        results[f"{backend}_forward"] = summarise(t)
+        t = bm.interleave({v: forward(v, backend) for v in ("A", "B")}, args.rounds)
+        results[f"{backend}_forward"] = bm.summarise(t)
         r = results[f"{backend}_forward"]
         print(f"  {backend} forward: A {r['A_median']:.3f}s B {r['B_median']:.3f}s, A/B per round "
               f"{[round(x, 3) for x in r['paired_ratios_A_over_B']]}", flush=True)
@@ -160,8 +151,8 @@ def main_ab(args) -> None:
                       "896, head dim 128, 7 query heads per KV head, 4 MoT layers, 2 ViT layers), same weights and "
                       "batch; A and B timed alternately in one process (A B, B A, …) after one warm-up each; "
                       "flex runs eager on CPU",
-              "A": args.ab, "B": f"{git_rev()} (+ working tree)", "tokens": batches["B"].sequence_length,
-              "flex_block_masks_per_forward": counts, "results": results, "machine": machine(),
+              "A": args.ab, "B": f"{bm.git_rev()} (+ working tree)", "tokens": batches["B"].sequence_length,
+              "flex_block_masks_per_forward": counts, "results": results, "machine": bm.machine(),
               "rounds": args.rounds}
     atomic_write_json(args.out, report)
     print(f"wrote {args.out}")

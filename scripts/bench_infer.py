@@ -114,26 +114,17 @@ def ab_contexts(pkg: str, model, tok):
 def main_ab(args) -> int:
     import importlib
 
-    from bench_model import (
-        git_rev,
-        import_baseline,
-        interleave,
-        machine,
-        narrow_config,
-        seeded_model,
-        summarise,
-    )
+    import bench_model as bm
 
     from loom.data.tokenizer import load_tokenizer
     from loom.utils.io import atomic_write_json
 
-    base = import_baseline(args.ab)
-    print(f"A = {args.ab} (as {base}), B = this checkout ({git_rev()}), {args.rounds} rounds interleaved")
+    base = bm.start_ab(args.ab, args.rounds)
     tok = load_tokenizer(ROOT / "tests" / "fixtures" / "bagel-tiny")
-    state = seeded_model(narrow_config()).state_dict()
+    state = bm.seeded_model(bm.narrow_config()).state_dict()
     engines, ctxs = {}, {}
     for v, pkg in (("A", base), ("B", "loom")):
-        model = importlib.import_module(f"{pkg}.model.loom").Loom(narrow_config(pkg=pkg)).eval()
+        model = importlib.import_module(f"{pkg}.model.loom").Loom(bm.narrow_config(pkg=pkg)).eval()
         model.load_state_dict(state)
         engines[v], ctxs[v] = ab_contexts(pkg, model, tok)
     noise = torch.randn(18 * 18, 64, generator=torch.Generator().manual_seed(4))
@@ -167,9 +158,9 @@ def main_ab(args) -> int:
     results = {}
     for name, make, per in (("denoise_step", step, 1), ("image_8_steps", image, 8), ("decode_token", decode, 8),
                             ("prefill_image_block", prefill, 1)):
-        t = interleave({v: make(v) for v in ("A", "B")}, args.rounds)
+        t = bm.interleave({v: make(v) for v in ("A", "B")}, args.rounds)
         t = {v: [x / per for x in xs] for v, xs in t.items()}
-        results[name] = summarise(t)
+        results[name] = bm.summarise(t)
         r = results[name]
         print(f"  {name}: A {r['A_median']:.4f}s B {r['B_median']:.4f}s, A/B per round "
               f"{[round(x, 3) for x in r['paired_ratios_A_over_B']]}", flush=True)
@@ -179,9 +170,9 @@ def main_ab(args) -> int:
                       "once per image, as generate_image does); image_8_steps: generate_image with 8 steps, per "
                       "step (B includes its once-per-image gather); decode_token: 8 greedy tokens on cond, per "
                       "token; prefill_image_block: one 326-token clean latent block on cond",
-              "A": args.ab, "B": f"{git_rev()} (+ working tree)",
+              "A": args.ab, "B": f"{bm.git_rev()} (+ working tree)",
               "context_tokens": [c.kv_len for c in ctxs["B"]], "query_tokens_per_step": 3 * n,
-              "results": results, "machine": machine(), "rounds": args.rounds}
+              "results": results, "machine": bm.machine(), "rounds": args.rounds}
     atomic_write_json(args.out, report)
     print(f"wrote {args.out}")
     return 0

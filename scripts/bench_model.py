@@ -64,6 +64,13 @@ def import_baseline(ref: str) -> str:
     return "loom_base"
 
 
+def start_ab(ref: str, rounds: int) -> str:
+    """Import REF as the baseline package and say what is compared; returns the package name."""
+    base = import_baseline(ref)
+    print(f"A = {ref} (as {base}), B = this checkout ({git_rev()}), {rounds} rounds interleaved")
+    return base
+
+
 def git_rev(ref: str = "HEAD") -> str:
     return subprocess.run(["git", "-C", str(ROOT), "rev-parse", "--short", ref], capture_output=True,
                           text=True).stdout.strip()
