@@ -122,11 +122,11 @@ def publish_export(export: Path, target: Path) -> Path:
 
 # ---- [4/5] generation and [5/5] judging ------------------------------------------------------------------------
 def generation_settings(cfg: DemoConfig | None = None, **extra):
+    """Sampler settings of held-out generation; sizes and resize rules are the trained ones (the export's
+    loom_config.json, or the trainer's build config for the in-training eval hook)."""
     from loom.infer.pipeline import GenerationSettings
 
-    size = cfg.size if cfg is not None else 32
-    gen = {**GENERATION, **(cfg.generation if cfg is not None else {}), **extra}
-    return GenerationSettings(resolution=(size, size), vae_transform=(size, size), vit_transform=(28, 28), **gen)
+    return GenerationSettings(**{**GENERATION, **(cfg.generation if cfg is not None else {}), **extra})
 
 
 def batch_items(manifest: Path, limit: int | None = None) -> list:
