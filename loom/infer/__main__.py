@@ -140,6 +140,8 @@ def build_parser() -> argparse.ArgumentParser:
     m.add_argument("--max-memory-gib", type=float, help="GPU budget for --device-map offload/disk")
     m.add_argument("--offload-folder", help="folder for --device-map disk")
     m.add_argument("--attn-backend", choices=["sdpa", "flex", "flash"])
+    m.add_argument("--quantize", help="weight quantisation (torchao): none, int8, fp8, nf4 for every part, or per "
+                   "part und=…,gen=…,vit=… (understanding / generation expert, ViT)")
     m.add_argument("--threads", type=int, help="torch CPU threads")
     return p
 
@@ -324,7 +326,8 @@ def _main(args) -> int:
         t0 = time.perf_counter()
         pipe = LoomPipeline.from_pretrained(args.model, device=device, dtype=args.dtype, device_map=args.device_map,
                                             max_memory_gib=args.max_memory_gib, offload_folder=args.offload_folder,
-                                            attn_backend=args.attn_backend, verbose=not args.no_progress)
+                                            attn_backend=args.attn_backend, verbose=not args.no_progress,
+                                            quantize=args.quantize)
         load_s = time.perf_counter() - t0
     except (FileNotFoundError, ValueError, RuntimeError) as e:
         return fail(PROG, f"cannot load --model {args.model}: {e}", 2)

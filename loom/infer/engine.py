@@ -3,6 +3,10 @@
 Separate from the model (house rule 6): it calls `Loom.embed_*` and `Loom.language_model` with packed, varlen
 query blocks over one or several cached contexts. Every CFG branch of a denoising step runs in ONE forward
 (`Engine.forward_blocks` with several contexts), where BAGEL runs up to three sequential passes.
+
+Each block attends to its context's K/V where they are stored (`loom.infer.cache`): a context at a page tip is
+read in place, any other is gathered once — once per image for the denoising loop, whose steps then copy only
+the query's new K/V. Text decoding moves its context to a page with room first, then appends in place.
 """
 
 from __future__ import annotations
@@ -16,12 +20,12 @@ from torch import Tensor
 
 from ..data.tokenizer import SpecialTokens, encode
 from ..data.transforms import ImageTransform, grid_position_ids, patchify_image, pil_to_tensor
-from ..model.attention import MODE_CAUSAL, MODE_FULL, MaskSpec
+from ..model.attention import CachedBlocks, LayerKV
 from ..model.flow import euler_step, inference_timesteps
 from ..model.loom import Loom
-from ..model.mot import KVMerge, Routing
+from ..model.mot import Routing
 from ..model.vae import decoded_to_uint8, patchify_latent, unpatchify_latent
-from .cache import Context
+from .cache import BlockKV, Buffers, Context, attention_buffers
 from .entity_cfg import EntityGuidance, attention_to_mask, entity_attention_map, guided_velocity
 from .sampling import cfg_active, combine_cfg, sample_token
 
@@ -60,6 +64,7 @@ class Engine:
         self.vae_transform = vae_transform or ImageTransform(1024, 512, 16)
         self.vit_transform = vit_transform or ImageTransform(980, 224, 14)
         self.num_forwards = 0  # LLM passes, for benchmarks (one per denoising step with CFG on)
+        self.kv_bytes_gathered = 0  # cached K/V copied into attention workspaces (contexts spread over pages)
 
     @property
     def device(self) -> torch.device:
@@ -72,7 +77,8 @@ class Engine:
     def _long(self, x) -> Tensor:
         return torch.as_tensor(x, dtype=torch.long, device=self.device)
 
-    # ---- blocks ---------------------------------------------------------------------------------------------
+    # ---- blocks (embeddings without autograd: inference never backpropagates) ---------------------------------
+    @torch.no_grad()
     def text_block(self, ctx: Context, ids: list[int], wrap: bool = True) -> Block:
         ids = [self.tokens.bos, *ids, self.tokens.eos] if wrap else list(ids)
         t = self._long(ids)
@@ -88,6 +94,7 @@ class Engine:
             gen_mask[1:-1] = True
         return Block(emb, torch.full((n,), ctx.rope, device=self.device), gen_mask, False, rope_advance, what)
 
+    @torch.no_grad()
     def vit_block(self, ctx: Context, image: Tensor, frame: int = 0) -> Block:
         p = self.cfg.vit.patch_size
         gh, gw = image.shape[1] // p, image.shape[2] // p
@@ -97,6 +104,7 @@ class Engine:
         emb = self.model.embed_vit(patches, pos, self._long([gh * gw]), frames)
         return self._wrap_image(ctx, emb, gen=False, what=f"vit{'' if not frame else f'@{frame}'}")
 
+    @torch.no_grad()
     def latent_block(self, ctx: Context, x: Tensor, t: float, h: int, w: int, frame: int = 0,
                      rope_advance: int = 1, what: str = "vae") -> Block:
         pos = grid_position_ids(h, w, self.cfg.max_latent_size).to(self.device)
@@ -106,39 +114,52 @@ class Engine:
         return self._wrap_image(ctx, emb, gen=True, what=what, rope_advance=rope_advance)
 
     # ---- the one packed forward over several contexts --------------------------------------------------------
+    def attention_buffers(self, contexts: list[Context], sizes: list[int]) -> list[Buffers | None]:
+        """What each block attends (`cache.attention_buffers`), made once per distinct stored range: the same
+        context twice (or two contexts ending at the same page tip) share one buffer."""
+        made: dict[tuple, Buffers | None] = {}
+        out = []
+        for ctx, n in zip(contexts, sizes):
+            tip = ctx.tip_room() >= n
+            key = (tip, n if not tip else 0, *((id(s.page), s.start, s.end) for s in ctx.segments))
+            if key not in made:
+                made[key] = attention_buffers(ctx, n)
+                self.kv_bytes_gathered += made[key].copied if made[key] is not None else 0
+            out.append(made[key])
+        return out
+
     @torch.no_grad()
-    def forward_blocks(self, contexts: list[Context], blocks: list[Block]) -> tuple[Tensor, list[list]]:
+    def forward_blocks(self, contexts: list[Context], blocks: list[Block],
+                       buffers: list[Buffers | None] | None = None) -> tuple[Tensor, list[BlockKV]]:
         """Run block b on top of context b for every b in ONE varlen pass. Returns the final hidden states of all
-        new tokens [Σn, D] (block order) and, per block, its per-layer (k, v) for caching."""
-        dev = self.device
-        q_doc, q_pos, q_split, q_mode, k_doc, k_pos, k_split = [], [], [], [], [], [], []
-        past_idx, new_idx, off = [], [], 0
-        for b, (ctx, blk) in enumerate(zip(contexts, blocks)):
-            p, n = ctx.kv_len, blk.emb.shape[0]
-            q_doc.append(torch.full((n,), b)), q_pos.append(torch.arange(p, p + n))
-            q_split.append(torch.full((n,), 2 * b + 1))
-            q_mode.append(torch.full((n,), MODE_CAUSAL if blk.causal else MODE_FULL))
-            k_doc.append(torch.full((p + n,), b)), k_pos.append(torch.arange(p + n))
-            k_split.append(torch.cat([torch.full((p,), 2 * b), torch.full((n,), 2 * b + 1)]))
-            past_idx.append(torch.arange(off, off + p)), new_idx.append(torch.arange(off + p, off + p + n))
-            off += p + n
-        cat = lambda xs: torch.cat(xs).to(dev)  # noqa: E731
-        spec = MaskSpec(cat(q_doc), cat(q_pos), cat(q_split), cat(q_mode), cat(k_doc), cat(k_pos), cat(k_split),
-                        torch.zeros(off, dtype=torch.bool, device=dev))
-        merge = KVMerge(cat(past_idx), cat(new_idx), off)
+        new tokens [Σn, D] (block order) and, per block, its per-layer new (k, v) for `Context.append`.
+        `buffers`: what each block attends, prepared by `attention_buffers` (reused over denoising steps)."""
+        sizes = [blk.emb.shape[0] for blk in blocks]
+        if buffers is None:
+            buffers = self.attention_buffers(contexts, sizes)
         num_layers = self.cfg.llm.num_hidden_layers
-        past = None
-        if any(c.kv_len for c in contexts):
-            past = [(torch.cat([c.keys[i] for c in contexts if c.kv_len]),
-                     torch.cat([c.values[i] for c in contexts if c.kv_len])) for i in range(num_layers)]
+        kv = None
+        if any(b is not None for b in buffers):
+            kv = [LayerKV([b.keys[i] if b else None for b in buffers], [b.values[i] if b else None for b in buffers])
+                  for i in range(num_layers)]
+        writes = {}
+        for b in buffers:  # a new write into a page's scratch rows invalidates earlier, unclaimed ones
+            if b is not None and b.slot is not None and id(b) not in writes:
+                b.slot[0].writes += 1
+                writes[id(b)] = b.slot[0].writes
+        layout = CachedBlocks(sizes, [c.kv_len for c in contexts], [blk.causal for blk in blocks])
         x = torch.cat([blk.emb for blk in blocks])
         pos = torch.cat([blk.position_ids for blk in blocks])
         route = Routing.from_gen_mask(torch.cat([blk.gen_mask for blk in blocks]))
-        h, kv = self.model.language_model(x, pos, route, spec, self.model.attn_backend, past,
-                                          merge if past is not None else None)
+        h, new = self.model.language_model(x, pos, route, None, self.model.attn_backend, kv, layout)
         self.num_forwards += 1
-        sizes = [blk.emb.shape[0] for blk in blocks]
-        per_block = [[(k.split(sizes)[b], v.split(sizes)[b]) for k, v in kv] for b in range(len(blocks))]
+        last = {id(b): i for i, b in enumerate(buffers) if b is not None}
+        per_block = []
+        for i, b in enumerate(buffers):
+            slot = None
+            if b is not None and b.slot is not None and last[id(b)] == i:  # its new rows sit in the page scratch
+                slot = (b.slot[0], b.slot[1], writes[id(b)])
+            per_block.append(BlockKV([layer[i] for layer in new], slot))
         return h, per_block
 
     def attention_modules(self) -> list:
@@ -211,7 +232,9 @@ class Engine:
         [n, V], the context with every fed token cached). The start token counts towards `max_length`.
         `streamer` (transformers `BaseStreamer`: put / end) receives each token after the start token as it is fed."""
         ids, logits_all, tok = [], [], self.tokens.bos
-        for _ in range(max_length):
+        for step in range(max_length):
+            if ctx.segments and ctx.tip_room() < 1:  # one copy at most; every token is then appended in place
+                ctx = ctx.with_room(max_length - step)
             blk = self.text_block(ctx, [tok], wrap=False)
             h, kv = self.forward_blocks([ctx], [blk])
             ctx = ctx.append(kv[0], 1, "gen")
@@ -264,6 +287,10 @@ class Engine:
             elif max(entity.positions) >= cond.kv_len or min(entity.positions) < 0:
                 raise ValueError(f"entity positions {entity.positions} outside the {cond.kv_len}-token context")
         attn_sum, n_caps = None, 0
+        n = h * w + 2
+        branches = [c for c in (cond, text_uncond, img_uncond) if c is not None]
+        # what each branch attends, made once for all steps: a step then copies only its query's new K/V
+        prepared = dict(zip(map(id, branches), self.attention_buffers(branches, [n] * len(branches))))
         for i in range(sampler.num_timesteps - 1):
             t = float(ts[i])
             active = cfg_active(t, sampler.cfg_interval)
@@ -273,13 +300,12 @@ class Engine:
             use_i = s_i > 1.0 and img_uncond is not None and (use_t or not sampler.bagel_compat)
             ctxs = [cond] + ([text_uncond] if use_t else []) + ([img_uncond] if use_i else [])
             blocks = [self.latent_block(c, x, t, h, w, frame, 0, "query") for c in ctxs]
-            n = h * w + 2
             capture = entity is not None and entity.mask is None and i <= entity.step
             # cond's block comes first: its latent queries are rows 1..h·w, its keys the first kv_len + n
             cap = (self.capture_attention(entity.layers, slice(1, n - 1), slice(0, cond.kv_len + n))
                    if capture else nullcontext())
             with cap as caps:
-                hid, _ = self.forward_blocks(ctxs, blocks)
+                hid, _ = self.forward_blocks(ctxs, blocks, [prepared[id(c)] for c in ctxs])
             if capture:
                 a = self.entity_map(caps, entity.positions).cpu()
                 attn_sum, n_caps = (a if attn_sum is None else attn_sum + a), n_caps + 1

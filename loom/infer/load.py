@@ -11,9 +11,9 @@ the target device (meta init, no full-size host copy, `load_bagel`). For cards t
   forward (accelerate hooks);
 - or an explicit {module name: device} map.
 
-The LLM passes dataclasses (routing indices, KV merge layout) that accelerate's hooks do not move, so every
-dispatched decoder layer also gets a small pre-hook that moves them, and hands its hidden state back to the
-main device (the KV cache of a layer stays on that layer's device).
+The LLM passes dataclasses (routing indices, cached-block layout, KV buffers) that accelerate's hooks do not
+move, so every dispatched decoder layer also gets a small pre-hook that moves them, and hands its hidden state
+back to the main device (the KV cache of a layer stays on that layer's device).
 
 Sequence layout: a loom export records every build setting that shaped its training sequences (loom_config.json
 "build": VAE / ViT transforms, scaffold, K_max, N_max, temporal on/off, stepwise prompt …, `loom.train.export.
@@ -21,6 +21,9 @@ LAYOUT_KEYS`); `Loaded.build` carries them and `Loaded.layout` lists what was re
 sequences out as trained (a history frame at the trained ViT resolution, not BAGEL's 980 px: 3.6× the tokens
 at 518). A BAGEL release records nothing: BAGEL's inference transforms (VAE 1024/512, ViT 980/224), clamped
 to the model's position tables, and loom's other defaults apply.
+
+`quantize="int8"` (or per part, "und=int8,gen=fp8"): linear layers quantised with torchao while loading, one
+layer at a time (`loom.infer.quantize`); recorded in `describe()` and so in result.json.
 
 Entity tokens (`<model>`, `<object>` …, Loom §3.3): a loom export's tokenizer carries them and its rows hold
 the trained embeddings — they load as saved (the ids are checked against loom_config.json "entities"). A plain
@@ -44,6 +47,7 @@ from ..data.builders import BuildConfig
 from ..data.entities import EntityVocab, add_entity_tokens
 from ..model.configs import LoomConfig
 from ..model.weights import load_bagel
+from . import quantize as q
 
 DEVICE_MAPS = ("balanced", "offload", "disk")
 
@@ -62,11 +66,13 @@ class Loaded:
     entities: EntityVocab | None = None  # the registered entity tokens (ids)
     untrained_entities: tuple[str, ...] = ()  # registered at load time: mean-initialised, never trained
     layout: dict = dataclasses.field(default_factory=dict)  # the build settings the export recorded (trained)
+    quantize: dict | None = None  # `quantize.describe`: mode per part, layers quantised (None: not quantised)
 
     def describe(self) -> dict:
         return {"path": self.path, "dtype": str(self.dtype).replace("torch.", ""), "device": str(self.device),
                 "device_map": None if self.device_map is None else {k: str(v) for k, v in self.device_map.items()},
-                "kind": "loom export" if (Path(self.path) / "loom_config.json").exists() else "BAGEL release"}
+                "kind": "loom export" if (Path(self.path) / "loom_config.json").exists() else "BAGEL release",
+                "quantize": self.quantize or {"spec": "none"}}
 
 
 class UntrainedEntityWarning(UserWarning):
@@ -253,19 +259,34 @@ def dispatch(model: nn.Module, device_map: dict[str, str | int], offload_folder:
 def load_pretrained(path: str | Path, device: str | torch.device | None = None, dtype: str | torch.dtype | None = None,
                     device_map: str | dict | None = None, max_memory_gib: float | None = None,
                     offload_folder: str | None = None, attn_backend: str | None = None,
-                    verbose: bool = True, entity_tokens: tuple[str, ...] | None = None) -> Loaded:
+                    verbose: bool = True, entity_tokens: tuple[str, ...] | None = None,
+                    quantize: str | q.QuantizeSpec | None = None) -> Loaded:
     """(model, vae, tokenizer, config, build config) ready for `Engine`.
 
     `device=None` picks CUDA when available. `dtype=None` → bf16 on GPU, fp32 on CPU. `device_map` (see module
     docstring) loads to CPU first, then dispatches. `entity_tokens`: the entity vocabulary to ensure (None: the
-    export's `build.entity_tokens`, else loom's defaults; `()`: only those the export records)."""
+    export's `build.entity_tokens`, else loom's defaults; `()`: only those the export records). `quantize`: see
+    `loom.infer.quantize` (not combined with `device_map` yet)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(f"model folder {path} does not exist (a BAGEL release or a loom export)")
     dev = torch.device(device) if device is not None else default_device()
     dt = parse_dtype(dtype, dev)
     load_dev = "cpu" if device_map is not None else dev
-    model, vae, tok, cfg = load_bagel(path, device=load_dev, dtype=dt, verbose=verbose)
+    spec = q.QuantizeSpec.parse(quantize)
+    if spec.active and device_map is not None:
+        raise q.QuantizeError("--quantize with --device-map is not supported yet: quantise (the model then needs "
+                              "≈ 2–4× less memory) or offload, not both")
+    q.import_quietly()
+    q.check_supported(spec, dev)
+    counts = {"quantised": 0, "kept": 0}
+
+    def quantise_layer(name: str, module: nn.Module) -> None:
+        for k, v in q.quantize_module(module, name, spec).items():
+            counts[k] += v
+
+    model, vae, tok, cfg = load_bagel(path, device=load_dev, dtype=dt, verbose=verbose,
+                                      on_module=quantise_layer if spec.active else None, streamed=q.streamed)
     build, layout = build_config_from_export(path, cfg)
     tokens = build.entity_tokens if entity_tokens is None else tuple(entity_tokens)
     entities = ensure_entity_tokens(model, tok, tokens, path)
@@ -284,4 +305,5 @@ def load_pretrained(path: str | Path, device: str | torch.device | None = None, 
         from ..model.attention import default_backend
 
         model.attn_backend = default_backend(dev)
-    return Loaded(model, vae, tok, cfg, build, str(path), dt, dev, dm, entities, entities.added, layout)
+    return Loaded(model, vae, tok, cfg, build, str(path), dt, dev, dm, entities, entities.added, layout,
+                  q.describe(spec, counts) if spec.active else None)

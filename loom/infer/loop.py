@@ -110,10 +110,30 @@ class ItemContexts:
         return ctx
 
     def store(self, keys: list[tuple], ctx: Context) -> None:
-        self._cache[tuple(keys)] = ctx
-        self._cache.move_to_end(tuple(keys))
+        key = tuple(keys)
+        pages = {id(s.page) for s in ctx.segments}
+        for k, c in list(self._cache.items()):
+            # a cached prefix of `key` holds the same rows as the start of `ctx`; when `ctx` holds them in other
+            # pages (text decoding moved its context to a page with room), point the prefix there: one copy kept
+            if len(k) < len(key) and key[:len(k)] == k and c.segments and id(c.segments[-1].page) not in pages:
+                self._cache[k] = ctx.truncated(c.kv_len, c.rope, c.log)
+        self._cache[key] = ctx
+        self._cache.move_to_end(key)
         while len(self._cache) > self.max_cached:
             self._cache.popitem(last=False)
+
+    def retain(self, items: list[PlanItem]) -> None:
+        """Forget cached contexts that are no prefix of `items` or of its CFG branches: the loop's later frames
+        extend these (sparse history indices never decrease, Eq. 4), so the pages of frames dropped from the
+        history are freed instead of waiting for LRU eviction."""
+        wanted = [tuple(self.key(i) for i in its) for its in (items, self.drop(items, "text"),
+                                                               self.drop(items, "image"))]
+        for k in list(self._cache):
+            if not any(w[:len(k)] == k for w in wanted):
+                del self._cache[k]
+
+    def cached(self) -> list[Context]:
+        return list(self._cache.values())
 
     def token_positions(self, items: list[PlanItem | str], tags: list[str] | tuple[str, ...]
                         ) -> tuple[list[int], int]:
@@ -300,6 +320,7 @@ def render_tutorial(engine: Engine, contexts: ItemContexts, bctx: BuildContext, 
         items = [*prefix, plan, *history_items(bctx, images, {k: f"frame{k}" for k in hist})]
         if bctx.config.stepwise_prompt:  # ablation "w/o Stepwise Prompt": trained without S_t, rendered without
             items.append(step_item(bctx, t, text))
+        contexts.retain(items)
         frame = _render_step(engine, contexts, bctx, items, t, len(steps), text, hist, h, w, sampler, seed, stats,
                              on_frame_start, velocity_hook_for, entity_for)
         mem.images[f"frame{t}"] = frame.image

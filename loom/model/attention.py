@@ -13,6 +13,11 @@ cache sees the whole prefix — flash-attn's bottom-right causal alignment. This
 Backends: `sdpa` (explicit dense boolean mask; CPU and tests), `flex` (block mask, GPU default) and `flash`
 (flash-attn varlen, when installed; only for specs where each document is one causal or one full block,
 which is every inference pass). They agree within float tolerance (tests/model/test_attention.py).
+Each piece of work is done once per forward: a spec's per-document masks and its flex block mask are built on
+first use and shared by every layer; GQA runs natively (`enable_gqa`, flex/flash GQA), never by repeating K/V.
+
+KV-cached inference does not use a spec: `attention_cached` attends each query block to its own cached keys
+plus itself, reading the cache where it lies (`CachedBlocks`, `LayerKV`), so cached K/V are never concatenated.
 """
 
 from __future__ import annotations
@@ -64,11 +69,12 @@ class MaskSpec:
         return counts_q.tolist(), counts_k.tolist()
 
     @cached_property
-    def document_blocks(self) -> list[tuple[slice, slice, Tensor]] | None:
-        """Per document (q slice, k slice, its dense mask), or None when `document_runs` is None. Tokens of
-        different documents never attend to each other, so attention per document is exact and costs Σ L_i²
-        instead of (Σ L_i)²: on a 1536-token pack of ~6 samples that is ~5× less attention work. Cached: all layers
-        of one forward share the spec."""
+    def document_blocks(self) -> list[tuple[slice, slice, Tensor | None]] | None:
+        """Per document (q slice, k slice, its dense mask — None when every key is allowed, so SDPA can take
+        its unmasked fused kernel), or None when `document_runs` is None. Tokens of different documents never
+        attend to each other, so attention per document is exact and costs Σ L_i² instead of (Σ L_i)²: on a
+        1536-token pack of ~6 samples that is ~5× less attention work. Cached: all layers of one forward share
+        the spec."""
         runs = self.document_runs()
         if runs is None:
             return None
@@ -77,9 +83,19 @@ class MaskSpec:
             sq, sk = slice(q0, q0 + nq), slice(k0, k0 + nk)
             sub = MaskSpec(self.q_doc[sq], self.q_pos[sq], self.q_split[sq], self.q_mode[sq],
                            self.k_doc[sk], self.k_pos[sk], self.k_split[sk], self.k_noise[sk])
-            blocks.append((sq, sk, sub.dense()))
+            m = sub.dense()
+            blocks.append((sq, sk, None if bool(m.all()) else m))
             q0, k0 = q0 + nq, k0 + nk
         return blocks
+
+    def flex_block_mask(self, block_size: int, device: torch.device):
+        """The flex `BlockMask` of this spec over queries / keys padded to `block_size`, built once per spec (and
+        so once per forward: every layer shares it) — compiled on CUDA, eager elsewhere."""
+        cache = self.__dict__.setdefault("_flex_masks", {})
+        key = (block_size, str(device))
+        if key not in cache:
+            cache[key] = _build_block_mask(self, block_size, device)
+        return cache[key]
 
     def varlen_layout(self) -> tuple[Tensor, Tensor, int, int, bool] | None:
         """(cu_q, cu_k, max_q, max_k, causal) when every document is one causal or one full query block
@@ -114,16 +130,12 @@ def spec_from_splits(sample_lens: list[int], split_lens: list[int], attn_modes: 
     return spec.to(device)
 
 
-def _repeat_kv(x: Tensor, group: int) -> Tensor:
-    # query head h uses KV head h // group (official GQA convention)
-    return x if group == 1 else x.repeat_interleave(group, dim=1)
-
-
-def _sdpa_dense(q: Tensor, k: Tensor, v: Tensor, mask: Tensor) -> Tensor:
-    group = q.shape[1] // k.shape[1]
+def _sdpa_dense(q: Tensor, k: Tensor, v: Tensor, mask: Tensor | None) -> Tensor:
+    """q [Lq, H, d], k/v [Lk, Hkv, d]; query head h uses KV head h // (H / Hkv) (official GQA convention), which
+    is SDPA's native GQA: no repeated K/V copies. `mask` None = every key allowed."""
     out = F.scaled_dot_product_attention(
-        q.transpose(0, 1)[None], _repeat_kv(k, group).transpose(0, 1)[None],
-        _repeat_kv(v, group).transpose(0, 1)[None], attn_mask=mask[None, None],
+        q.transpose(0, 1)[None], k.transpose(0, 1)[None], v.transpose(0, 1)[None],
+        attn_mask=None if mask is None else mask[None, None], enable_gqa=q.shape[1] != k.shape[1],
     )
     return out[0].transpose(0, 1)
 
@@ -142,14 +154,10 @@ def attention_sdpa(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
 _flex_compiled = None
 
 
-def attention_flex(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, block_size: int = 128) -> Tensor:
-    """Flex attention with a block mask built from the same MaskSpec (sparse: skips fully masked blocks)."""
-    from torch.nn.attention.flex_attention import create_block_mask, flex_attention
+def _build_block_mask(spec: MaskSpec, block_size: int, device: torch.device):
+    from torch.nn.attention.flex_attention import create_block_mask
 
-    global _flex_compiled
-    if _flex_compiled is None:
-        _flex_compiled = torch.compile(flex_attention, dynamic=False) if q.is_cuda else flex_attention
-    lq, lk = q.shape[0], k.shape[0]
+    lq, lk = spec.q_doc.numel(), spec.k_doc.numel()
     pq, pk = (-lq) % block_size, (-lk) % block_size
     # padding keys/queries get a private document id so they never mix with real tokens
     qd = F.pad(spec.q_doc, (0, pq), value=-1)
@@ -164,7 +172,20 @@ def attention_flex(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, block_size: 
         ok = (kp[ki] <= qp[qi]) | ((qm[qi] != MODE_CAUSAL) & same_split)
         return (qd[qi] == kd[ki]) & ok & ~(kn[ki] & ~same_split) | ((qd[qi] == -1) & (ki == 0))
 
-    bm = create_block_mask(mask_mod, None, None, lq + pq, lk + pk, device=q.device, BLOCK_SIZE=block_size)
+    return create_block_mask(mask_mod, None, None, lq + pq, lk + pk, device=device, BLOCK_SIZE=block_size,
+                             _compile=torch.device(device).type == "cuda")
+
+
+def attention_flex(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec, block_size: int = 128) -> Tensor:
+    """Flex attention with the spec's block mask (sparse: skips fully masked blocks; built once per spec)."""
+    from torch.nn.attention.flex_attention import flex_attention
+
+    global _flex_compiled
+    if _flex_compiled is None:
+        _flex_compiled = torch.compile(flex_attention, dynamic=False) if q.is_cuda else flex_attention
+    lq, lk = q.shape[0], k.shape[0]
+    pq, pk = (-lq) % block_size, (-lk) % block_size
+    bm = spec.flex_block_mask(block_size, q.device)
     qq = F.pad(q, (0, 0, 0, 0, 0, pq)).transpose(0, 1)[None]
     kk = F.pad(k, (0, 0, 0, 0, 0, pk)).transpose(0, 1)[None]
     vv = F.pad(v, (0, 0, 0, 0, 0, pk)).transpose(0, 1)[None]
@@ -188,6 +209,83 @@ def attention_flash(q: Tensor, k: Tensor, v: Tensor, spec: MaskSpec) -> Tensor:
         raise ValueError("flash-attn varlen cannot express this mask (noise splits or mixed modes); use flex or sdpa")
     cu_q, cu_k, mq, mk, causal = layout
     return flash_attn_varlen_func(q, k, v, cu_q.to(q.device), cu_k.to(q.device), mq, mk, causal=causal)
+
+
+# ---- KV-cached inference ----------------------------------------------------------------------------------------
+@dataclass
+class CachedBlocks:
+    """Layout of a KV-cached forward: query block b is the next `q_lens[b]` packed rows; it attends to its own
+    `past_lens[b]` cached keys and to itself — all of it for a full block (image tokens), bottom-right causal for
+    a causal block (text: new token i sees the cache and new tokens ≤ i). Blocks never see each other."""
+
+    q_lens: list[int]
+    past_lens: list[int]
+    causal: list[bool]
+
+    def mask(self, b: int, device: torch.device) -> Tensor | None:
+        """Block b's mask [n, p + n] (None = everything allowed), built once per forward for all layers."""
+        if not self.causal[b]:
+            return None
+        masks = self.__dict__.setdefault("_masks", {})
+        if (b, str(device)) not in masks:
+            masks[(b, str(device))] = _causal_after(self.q_lens[b], self.past_lens[b], device)
+        return masks[(b, str(device))]
+
+
+@dataclass
+class LayerKV:
+    """One layer's K/V buffers for a KV-cached forward, one per query block: keys[b] / values[b] [p_b + n_b, Hkv,
+    d] hold the block's cached K/V (post-norm, post-RoPE) in rows [0, p_b); rows [p_b, p_b + n_b) receive its new
+    K/V, written in place — the only copy made. None: no cached keys (the new K/V are attended where they are).
+    Several blocks may share one buffer (the same context twice): they are processed one after the other."""
+
+    keys: list[Tensor | None]
+    values: list[Tensor | None]
+
+
+def _causal_after(n: int, p: int, device: torch.device) -> Tensor | None:
+    """[n, p + n] bottom-right causal mask (None when it allows everything: a single new token)."""
+    if n == 1:
+        return None
+    return torch.ones(n, p + n, dtype=torch.bool, device=device).tril(diagonal=p)
+
+
+def _attend_block(q: Tensor, k: Tensor, v: Tensor, blocks: CachedBlocks, b: int, backend: str) -> Tensor:
+    if backend == "flash" and q.is_cuda and q.dtype in (torch.float16, torch.bfloat16):
+        # causal is bottom-right aligned (flash-attn ≥ 2.1); GQA is native
+        from flash_attn import flash_attn_func
+
+        return flash_attn_func(q[None], k[None], v[None], causal=blocks.causal[b])[0]
+    # sdpa, and flex too: a cached block's mask is either empty or bottom-right causal, which SDPA's fused
+    # kernels run without a block mask
+    return _sdpa_dense(q, k, v, blocks.mask(b, q.device))
+
+
+def attention_cached(q: Tensor, k: Tensor, v: Tensor, blocks: CachedBlocks, kv: LayerKV | None,
+                     backend: str = "sdpa", keep_keys: bool = False
+                     ) -> tuple[Tensor, list[tuple[Tensor, Tensor]], list[Tensor] | None]:
+    """q [Lq, H, d], new k/v [Lq, Hkv, d] packed in block order → (out [Lq, H, d], per block its new (k, v) as
+    stored — the buffer rows it was written to, or its packed rows when the buffer is shared with a later block —,
+    per block the keys it attended [p + n, Hkv, d] when `keep_keys` (copies; attention capture only))."""
+    outs, stored, attended, r = [], [], [] if keep_keys else None, 0
+    bufs = kv.keys if kv is not None else [None] * len(blocks.q_lens)
+    last_user = {id(buf): b for b, buf in enumerate(bufs) if buf is not None}
+    for b, (n, p) in enumerate(zip(blocks.q_lens, blocks.past_lens)):
+        kb, vb = k[r:r + n], v[r:r + n]
+        new = (kb, vb)
+        if bufs[b] is not None:
+            kbuf, vbuf = kv.keys[b], kv.values[b]
+            kbuf[p:p + n].copy_(kb)
+            vbuf[p:p + n].copy_(vb)
+            kb, vb = kbuf[:p + n], vbuf[:p + n]
+            if last_user[id(kbuf)] == b:
+                new = (kbuf[p:p + n], vbuf[p:p + n])
+        outs.append(_attend_block(q[r:r + n], kb, vb, blocks, b, backend))
+        if keep_keys:
+            attended.append(kb.clone())
+        stored.append(new)
+        r += n
+    return (outs[0] if len(outs) == 1 else torch.cat(outs)), stored, attended
 
 
 BACKENDS = ("sdpa", "flex", "flash")

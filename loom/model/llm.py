@@ -6,10 +6,10 @@ from __future__ import annotations
 
 from torch import Tensor, nn
 
-from .attention import MaskSpec
+from .attention import CachedBlocks, LayerKV, MaskSpec
 from .configs import LLMConfig
 from .layers import RMSNorm, rope_cos_sin
-from .mot import DecoderLayer, KVMerge, Routing
+from .mot import DecoderLayer, Routing
 
 
 class DecoderStack(nn.Module):
@@ -30,19 +30,20 @@ class LanguageModel(nn.Module):
         self.lm_head = nn.Linear(cfg.hidden_size, cfg.vocab_size, bias=False)
         self.freeze_und = False  # BAGEL's freeze_und: detach understanding activations (set by loom.train.optim)
 
-    def forward(self, x: Tensor, position_ids: Tensor, route: Routing, spec: MaskSpec, backend: str = "sdpa",
-                past: list[tuple[Tensor, Tensor]] | None = None, merge: KVMerge | None = None,
-                return_kv: bool = True) -> tuple[Tensor, list[tuple[Tensor, Tensor]]]:
-        """x [L, D] embedded tokens, position_ids [L] → (final-normed hidden [L, D], per-layer (k, v) of x).
+    def forward(self, x: Tensor, position_ids: Tensor, route: Routing, spec: MaskSpec | None, backend: str = "sdpa",
+                kv: list[LayerKV] | None = None, blocks: CachedBlocks | None = None,
+                return_kv: bool = True) -> tuple[Tensor, list]:
+        """x [L, D] embedded tokens, position_ids [L] → (final-normed hidden [L, D], per-layer new K/V of x).
 
-        `past`/`merge` supply cached K/V (inference); the returned K/V are those of the L new tokens only.
+        Training: `spec` masks the pack. KV-cached inference: `blocks` lays out the query blocks and `kv` gives
+        each layer's cache buffers (`attention_cached`); a layer's new K/V is then one (k, v) per block.
         """
         cos, sin = rope_cos_sin(position_ids, self.config.head_dim, self.config.rope_theta, x.dtype)
         new_kv = []
         for i, layer in enumerate(self.model.layers):
-            layer_past = past[i] if past is not None else None
-            x, kv = layer(x, route, cos, sin, spec, backend, layer_past, merge, return_kv)
+            x, layer_kv = layer(x, route, cos, sin, spec, backend, kv[i] if kv is not None else None, blocks,
+                                return_kv)
             if return_kv:
-                new_kv.append(kv)
+                new_kv.append(layer_kv)
         norm_gen = self.model.norm_moe_gen if self.config.mot else self.model.norm
         return route.apply(x, self.model.norm, norm_gen), new_kv

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 from torch import Tensor, nn
 
-from .attention import MaskSpec, attention
+from .attention import CachedBlocks, LayerKV, MaskSpec, attention, attention_cached
 from .configs import LLMConfig
 from .layers import RMSNorm, SwiGLU, apply_rope
 
@@ -53,15 +53,6 @@ class Routing:
         return out
 
 
-@dataclass
-class KVMerge:
-    """How a query block's new K/V interleave with cached K/V: keys = [past_0, new_0, past_1, new_1, …]."""
-
-    past_idx: Tensor  # [Lpast] positions of cached keys in the merged key sequence
-    new_idx: Tensor  # [Lq] positions of the new keys
-    length: int
-
-
 class Attention(nn.Module):
     def __init__(self, cfg: LLMConfig, mot: bool) -> None:
         super().__init__()
@@ -80,7 +71,8 @@ class Attention(nn.Module):
         self.qk_norm = cfg.qk_norm
         # Opt-in attention capture (inference analysis, e.g. localised entity CFG): None = off, zero cost. When a
         # dict, each forward stores capture["q"] = q[capture.get("q_rows", :)] [n, H, d] (post-norm, post-RoPE)
-        # and capture["k"] = merged keys[capture.get("k_rows", :)] [m, Hkv, d] (cached + new, as attended).
+        # and capture["k"] = keys[capture.get("k_rows", :)] [m, Hkv, d], keys = every block's attended keys
+        # (its cached keys, then its new ones) one block after the other.
         self.capture: dict | None = None
 
     def _qkv(self, x: Tensor, s: str) -> Tensor:
@@ -92,29 +84,30 @@ class Attention(nn.Module):
             q, k = getattr(self, f"q_norm{s}")(q), getattr(self, f"k_norm{s}")(k)
         return torch.cat([q, k, v], dim=1)
 
-    def forward(self, x: Tensor, route: Routing, cos: Tensor, sin: Tensor, spec: MaskSpec, backend: str,
-                past: tuple[Tensor, Tensor] | None = None, merge: KVMerge | None = None, return_kv: bool = True
-                ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
-        """x [L, D] → (out [L, D], (k, v) of these L tokens [L, Hkv, d] post-norm post-RoPE, for the cache;
-        None when `return_kv` is False — training, where returning views would only upset FSDP2)."""
+    def forward(self, x: Tensor, route: Routing, cos: Tensor, sin: Tensor, spec: MaskSpec | None, backend: str,
+                kv: LayerKV | None = None, blocks: CachedBlocks | None = None, return_kv: bool = True):
+        """x [L, D] → (out [L, D], new K/V). Training (`blocks` None): one masked attention over the pack (`spec`);
+        the new K/V are (k, v) [L, Hkv, d] post-norm post-RoPE, or None when `return_kv` is False (returning views
+        would only upset FSDP2). KV-cached inference (`blocks` given, `kv` the cached buffers): every block attends
+        to its cache plus itself (`attention_cached`); the new K/V are one (k, v) per block, as stored."""
         gen = "_moe_gen" if self.mot else ""
         qkv = route.apply(x, lambda t: self._qkv(t, ""), lambda t: self._qkv(t, gen))
         h, hkv = self.num_heads, self.num_kv_heads
         q, k, v = qkv[:, :h], qkv[:, h:h + hkv], qkv[:, h + hkv:]
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        k_all, v_all = k, v
-        if past is not None and merge is not None:
-            k_all = k.new_empty((merge.length, hkv, self.head_dim))
-            v_all = v.new_empty((merge.length, hkv, self.head_dim))
-            k_all[merge.past_idx], v_all[merge.past_idx] = past[0].to(k.dtype), past[1].to(v.dtype)
-            k_all[merge.new_idx], v_all[merge.new_idx] = k, v
-        if self.capture is not None:
-            # clones: a row slice must not keep the whole packed q / merged K of every branch alive
-            self.capture["q"] = q[self.capture.get("q_rows", slice(None))].detach().clone()
-            self.capture["k"] = k_all[self.capture.get("k_rows", slice(None))].detach().clone()
-        o = attention(q, k_all, v_all, spec, backend).reshape(x.shape[0], h * self.head_dim)
-        out = route.apply(o, self.o_proj, getattr(self, f"o_proj{gen}"))
-        return out, ((k, v) if return_kv else None)
+        cap = self.capture
+        if blocks is None:
+            o, new_kv = attention(q, k, v, spec, backend), ((k, v) if return_kv else None)
+            keys = k
+        else:
+            o, new_kv, attended = attention_cached(q, k, v, blocks, kv, backend, keep_keys=cap is not None)
+            keys = torch.cat(attended) if cap is not None else None
+        if cap is not None:
+            # clones: a row slice must not keep the whole packed q / every block's keys alive
+            cap["q"] = q[cap.get("q_rows", slice(None))].detach().clone()
+            cap["k"] = keys[cap.get("k_rows", slice(None))].detach().clone()
+        out = route.apply(o.reshape(x.shape[0], h * self.head_dim), self.o_proj, getattr(self, f"o_proj{gen}"))
+        return out, new_kv
 
 
 class DecoderLayer(nn.Module):
@@ -135,11 +128,10 @@ class DecoderLayer(nn.Module):
     def _twin(self, name: str) -> nn.Module:
         return getattr(self, f"{name}_moe_gen") if self.mot else getattr(self, name)
 
-    def forward(self, x: Tensor, route: Routing, cos: Tensor, sin: Tensor, spec: MaskSpec, backend: str,
-                past: tuple[Tensor, Tensor] | None = None, merge: KVMerge | None = None, return_kv: bool = True
-                ) -> tuple[Tensor, tuple[Tensor, Tensor] | None]:
+    def forward(self, x: Tensor, route: Routing, cos: Tensor, sin: Tensor, spec: MaskSpec | None, backend: str,
+                kv: LayerKV | None = None, blocks: CachedBlocks | None = None, return_kv: bool = True):
         n = route.apply(x, self.input_layernorm, self._twin("input_layernorm"))
-        a, kv = self.self_attn(n, route, cos, sin, spec, backend, past, merge, return_kv)
+        a, kv = self.self_attn(n, route, cos, sin, spec, backend, kv, blocks, return_kv)
         x = x + a
         m = route.apply(
             x, lambda t: self.mlp(self.post_attention_layernorm(t)),

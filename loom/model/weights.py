@@ -13,6 +13,7 @@ import json
 import os
 import re
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -156,11 +157,15 @@ def config_from_release(path: str | Path) -> LoomConfig:
 
 
 def load_state_dict_strict(model: nn.Module, path: Path, device: torch.device | str = "cpu",
-                           dtype: torch.dtype | None = None, tolerated: re.Pattern | None = None) -> LoadReport:
+                           dtype: torch.dtype | None = None, tolerated: re.Pattern | None = None,
+                           on_module: Callable[[str, nn.Module], None] | None = None,
+                           streamed: Callable[[str], bool] | None = None) -> LoadReport:
     """Assign every parameter from a safetensors file onto `device` (works for meta-initialised models).
 
     Missing keys and shape mismatches raise `CheckpointError` listing all offenders; unexpected keys raise unless
-    they match `tolerated`. Loom-only keys may be missing: they are initialised and reported."""
+    they match `tolerated`. Loom-only keys may be missing: they are initialised and reported. With `on_module`,
+    each submodule whose name `streamed` accepts is read, assigned and handed to `on_module(name, module)` before
+    the next one is read (quantising while loading: one layer in the load dtype at a time)."""
     report = LoadReport(str(path))
     expected = dict(model.state_dict(keep_vars=True))
     with safe_open(str(path), framework="pt", device=str(device)) as f:
@@ -186,18 +191,30 @@ def load_state_dict_strict(model: nn.Module, path: Path, device: torch.device | 
         if problems:
             raise CheckpointError(f"{path}: cannot load strictly — " + " | ".join(problems)
                                   + ". Check that the folder matches its llm_config.json / vit_config.json.")
-        sd = {}
+        def read(k: str) -> Tensor:
+            t = f.get_tensor(k)
+            return t.to(dtype) if dtype is not None and t.is_floating_point() else t
+
+        sd, done = {}, set()
+        if on_module is not None:
+            for name, mod in list(model.named_modules()):
+                keys = [k for k in expected if k.startswith(name + ".")] if name and streamed(name) else []
+                if keys and not done.intersection(keys):
+                    mod.load_state_dict({k[len(name) + 1:]: read(k) for k in keys}, strict=True, assign=True)
+                    on_module(name, mod)
+                    done.update(keys)
         for k in expected:
-            if k in file_keys:
-                t = f.get_tensor(k)
-                sd[k] = t.to(dtype) if dtype is not None and t.is_floating_point() else t
+            if k in file_keys and k not in done:
+                sd[k] = read(k)
         report.ignored = unexpected
     for k, ref in expected.items():
-        if k not in sd:  # optional Loom-only key: zero init (temporal table: a fresh Loom equals BAGEL)
+        if k not in sd and k not in done:  # optional Loom-only key: zero init (temporal table: a fresh Loom = BAGEL)
             sd[k] = torch.zeros(ref.shape, dtype=dtype or torch.float32, device=device)
             report.initialised.append(k)
-    model.load_state_dict(sd, strict=True, assign=True)
-    report.num_loaded = len(sd) - len(report.initialised)
+    missing = model.load_state_dict(sd, strict=not done, assign=True).missing_keys
+    if done and set(missing) != done:
+        raise CheckpointError(f"{path}: keys neither streamed nor loaded: {group_keys(sorted(set(missing) - done))}")
+    report.num_loaded = len(sd) + len(done) - len(report.initialised)
     # keep the frozen sin-cos tables frozen after assign (assign replaces the Parameter objects)
     for name, p in model.named_parameters():
         if name.endswith("pos_embed.pos_embed"):
@@ -207,16 +224,18 @@ def load_state_dict_strict(model: nn.Module, path: Path, device: torch.device | 
 
 def load_bagel(path: str | Path, device: torch.device | str = "cpu", dtype: torch.dtype | None = None,
                with_vae: bool = True, with_tokenizer: bool = True, verbose: bool = True,
-               config: LoomConfig | None = None):
+               config: LoomConfig | None = None, on_module: Callable[[str, nn.Module], None] | None = None,
+               streamed: Callable[[str], bool] | None = None):
     """Build `Loom` from a BAGEL release (or loom export) folder. Returns (model, vae | None, tokenizer | None, cfg).
 
-    `dtype=None` keeps the file's dtype; pass torch.bfloat16 for the memory-light default of inference."""
+    `dtype=None` keeps the file's dtype; pass torch.bfloat16 for the memory-light default of inference.
+    `on_module` / `streamed`: see `load_state_dict_strict` (quantising while loading)."""
     path = Path(path)
     cfg = config or config_from_release(path)
     with torch.device("meta"):
         model = Loom(cfg)
     tolerated = re.compile(rf"^vit_model\.vision_model\.encoder\.layers\.{cfg.vit.num_hidden_layers}\.")
-    report = load_state_dict_strict(model, path / "ema.safetensors", device, dtype, tolerated)
+    report = load_state_dict_strict(model, path / "ema.safetensors", device, dtype, tolerated, on_module, streamed)
     if verbose:
         print(f"[loom] {report.summary()}")
     vae = load_vae(path, cfg, device) if with_vae else None

@@ -74,8 +74,9 @@ def test_capture_equals_manual_recomputation(engine):
     finally:
         handle.remove()
     assert all(m.capture is None for m in engine.attention_modules())
-    xin, route, cos, sin, spec, _backend, past, merge = seen["args"][:8]
-    # manual q/k: each expert's projections + q/k norms on its rows, RoPE, then the merged key sequence
+    xin, route, cos, sin, _spec, _backend, kv, layout = seen["args"][:8]
+    # manual q/k: each expert's projections + q/k norms on its rows, RoPE, then each block's cached keys
+    # followed by its new keys, block after block
     qkv = torch.empty(xin.shape[0], attn.num_heads + 2 * attn.num_kv_heads, attn.head_dim)
     gen = route.gen_idx
     und = route.und_idx
@@ -83,13 +84,18 @@ def test_capture_equals_manual_recomputation(engine):
     qkv[gen] = attn._qkv(xin[gen], "_moe_gen")
     h, hk = attn.num_heads, attn.num_kv_heads
     q, k = apply_rope(qkv[:, :h], cos, sin), apply_rope(qkv[:, h:h + hk], cos, sin)
-    k_all = torch.empty(merge.length, hk, attn.head_dim)
-    k_all[merge.past_idx], k_all[merge.new_idx] = past[0], k
+    parts, r = [], 0
+    for b, (nq, p) in enumerate(zip(layout.q_lens, layout.past_lens)):
+        parts += [kv.keys[b][:p], k[r:r + nq]]
+        r += nq
+    k_all = torch.cat(parts)
+    # every query block is a full (image) block: it sees all its own keys, nothing of the other block
+    allowed = torch.block_diag(*[torch.ones(nq, p + nq) for nq, p in zip(layout.q_lens, layout.past_lens)]).bool()
     torch.testing.assert_close(caps[0]["q"], q[1:n - 1], rtol=0, atol=0)
     torch.testing.assert_close(caps[0]["k"], k_all[:cond.kv_len + n], rtol=0, atol=0)
     # manual attention over ALL keys of the pass with the pass's own mask
     logits = torch.einsum("qhd,khd->hqk", q, k_all.repeat_interleave(h // hk, 1)) / math.sqrt(attn.head_dim)
-    logits = logits.masked_fill(~spec.dense()[None], float("-inf"))
+    logits = logits.masked_fill(~allowed[None], float("-inf"))
     probs = logits.softmax(-1)[:, 1:n - 1]  # cond's latent queries
     want = probs[:, :, pos].mean(dim=(0, 2))
     torch.testing.assert_close(engine.entity_map(caps, pos), want, rtol=1e-5, atol=1e-7)

@@ -150,3 +150,82 @@ def test_sdpa_per_document_equals_one_dense_mask(which):
     assert odd.document_blocks is None and odd.varlen_layout() is None
     q3, k3, v3 = _qkv(3, 3, seed=5)
     assert torch.allclose(attention(q3, k3, v3, odd, "sdpa"), _sdpa_dense(q3, k3, v3, odd.dense()), atol=1e-6)
+
+
+def _tiny_pack(model_cfg, seed: int = 0):
+    from loom.data.packing import PackGeometry, pack_sequences
+    from loom.data.tokenizer import SpecialTokens
+    from loom.data.types import PlanItem, SequencePlan
+
+    g = torch.Generator().manual_seed(seed)
+    img = lambda s: torch.rand(3, s, s, generator=g) * 2 - 1  # noqa: E731
+    plans = [SequencePlan([PlanItem("text", text_ids=list(range(10, 30)), loss=True),
+                           PlanItem("vit_image", image=img(28)), PlanItem("vae_image", image=img(32)),
+                           PlanItem("text", text_ids=list(range(40, 48))),
+                           PlanItem("vae_image", image=img(32), loss=True, timestep_logit=0.2)])
+             for _ in range(2)]
+    tokens = SpecialTokens(bos=501, eos=502, start_of_image=503, end_of_image=504)
+    return pack_sequences(plans, tokens, PackGeometry.from_config(model_cfg))
+
+
+def test_flex_builds_one_block_mask_per_distinct_mask(monkeypatch):
+    """A training forward with the flex backend builds one block mask for all LLM layers and one for all ViT
+    layers (2 distinct masks), not one per attention call — and equals the sdpa forward."""
+    pytest.importorskip("torch.nn.attention.flex_attention")
+    import torch.nn.attention.flex_attention as fa
+
+    from loom.model.configs import preset
+    from loom.model.loom import Loom
+    from loom.model.vae import build_autoencoder, encode_to_tokens
+
+    torch.manual_seed(0)
+    cfg = preset("loom-tiny")
+    cfg.llm.num_hidden_layers, cfg.vit.num_hidden_layers = 3, 2
+    model = Loom(cfg).eval()
+    batch = _tiny_pack(cfg)
+    x0 = torch.cat(encode_to_tokens(build_autoencoder(cfg.vae), batch.vae_images, batch.vae_latent_shapes,
+                                    cfg.latent_patch_size))
+    batch.packed_noise = torch.randn(x0.shape, generator=torch.Generator().manual_seed(1))
+    calls = []
+    real = fa.create_block_mask
+    monkeypatch.setattr(fa, "create_block_mask", lambda *a, **k: calls.append(a[3:5]) or real(*a, **k))
+    with torch.no_grad():
+        ref = model(batch, x0=x0)
+        model.attn_backend = "flex"
+        try:
+            out = model(batch, x0=x0)
+        except Exception as e:  # flex on CPU needs a compiler toolchain in some builds
+            pytest.skip(f"flex attention unavailable on this machine: {e}")
+    assert len(calls) == 2, calls  # was 5: one per layer (3 LLM + 2 ViT)
+    torch.testing.assert_close(out.mse, ref.mse, atol=1e-5, rtol=1e-5)
+    torch.testing.assert_close(out.ce, ref.ce, atol=1e-5, rtol=1e-5)
+
+
+def test_gqa_is_not_repeated():
+    """sdpa attention with 2 query heads per KV head (training pack and cached blocks) repeats no K/V, and equals
+    attention over explicitly repeated K/V."""
+    from kv_count import KVCopyCounter
+
+    spec = spec_from_splits(PACK["sample_lens"], PACK["split_lens"], PACK["modes"])
+    q, k, v = _qkv(28, 28, h=4, hkv=2, seed=6)
+    counter = KVCopyCounter(4, 2, 16)
+    with counter:
+        out = attention(q, k, v, spec, "sdpa")
+    assert counter.repeats == 0
+    kk, vv = k.repeat_interleave(2, 1), v.repeat_interleave(2, 1)
+    assert torch.equal(out, attention(q, kk, vv, spec, "sdpa"))
+    from loom.model.attention import CachedBlocks, LayerKV, attention_cached
+
+    # cached: block 0 has 5 cached keys and 3 causal new tokens, block 1 none and 4 full ones
+    past = torch.randn(8, 2, 16), torch.randn(8, 2, 16)
+    q2, k2, v2 = _qkv(7, 7, h=4, hkv=2, seed=7)
+    blocks = CachedBlocks([3, 4], [5, 0], [True, False])
+    with counter:
+        o2, stored, _ = attention_cached(q2, k2, v2, blocks, LayerKV([past[0], None], [past[1], None]))
+    assert counter.repeats == 0
+    assert torch.equal(stored[0][0], k2[:3]) and stored[0][0].data_ptr() == past[0][5].data_ptr()  # in place
+    ref = _cached_spec([5, 0], [3, 4], True)
+    ref.q_mode[3:] = 1  # block 1 is full
+    keys = torch.cat([past[0][:5], k2[:3], k2[3:]]).repeat_interleave(2, 1)
+    vals = torch.cat([past[1][:5], v2[:3], v2[3:]]).repeat_interleave(2, 1)
+    torch.testing.assert_close(o2, attention(q2, keys, vals, ref, "sdpa"), atol=1e-6, rtol=1e-6)
