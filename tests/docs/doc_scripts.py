@@ -13,6 +13,8 @@ SCRIPT_TINY: dict[str, dict[str, str | None]] = {
     "bench_train.py": {"--steps": "1", "--warmup": "0", "--cpu-only": None, "--out": "evals/perf/train_cpu.json"},
     "bench_infer.py": {"--plan-steps": "1", "--timesteps": "2", "--resolution": "32", "--repeats": "1",
                        "--backend": "sdpa", "--out": "evals/perf/infer_cpu.json"},
+    # the computed 7B weight footprint only (the quant part loads four narrow models: minutes)
+    "bench_memory.py": {"--part": "weights7b", "--out-dir": "evals/perf"},
     # the world-model ablation at the size of tests/scripts/test_ablation_shapes.py, one variant, one seed
     "ablation_shapes.py": {"--train-steps": "2", "--seeds": "0", "--variants": "full", "--jobs": "1",
                            "--n-test": "1", "--n-test-image": "1"},

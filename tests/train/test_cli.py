@@ -51,8 +51,9 @@ def test_unset_bagel_dir_is_named_and_no_run_folder(tmp_path, capsys, monkeypatc
 def test_setup_error_after_start_leaves_no_run_folder(tmp_path, capsys):
     run = tmp_path / "run"
     err = _one_line_error(capsys, main([str(CONFIGS / "tiny_cpu.yaml"), f"run.dir={run}",
-                                        "optim.global_batch_size=3"]), after_logs=True)
-    assert "optim.global_batch_size=3 is not a multiple" in err and "no run folder left behind" in err
+                                        "optim.lora.enabled=true", "optim.lora.target_modules=nomatch"]),
+                          after_logs=True)
+    assert "Target modules nomatch not found" in err and "no run folder left behind" in err
     assert not run.exists()
 
 

@@ -143,7 +143,7 @@ def test_cli_bad_data_stop_is_one_line_without_traceback(tmp_path):
                        cwd=ROOT, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 1, r.stderr[-2000:]
     assert "Traceback" not in r.stderr
-    err = [ln for ln in r.stderr.splitlines() if ln.startswith("error:")]
+    err = [ln for ln in r.stderr.splitlines() if ln.startswith("loom train: error:")]
     assert len(err) == 1 and "corrupt samples skipped" in err[0] and "data.max_bad_samples=6" in err[0]
     assert str(run / "events.jsonl") in err[0]
     ev = [json.loads(x) for x in (run / "events.jsonl").read_text().splitlines()]
