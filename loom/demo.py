@@ -22,6 +22,8 @@ from pathlib import Path
 
 import torch
 
+from .world.generate import WORLDS
+
 FIXTURE = Path(__file__).resolve().parent.parent / "tests" / "fixtures" / "bagel-tiny"
 
 
@@ -33,6 +35,9 @@ def main(argv: list[str] | None = None) -> int:
     ap.add_argument("--max-minutes", type=float, default=None,
                     help="shapes world: opt-in wall-clock cap on training (stops EARLY, loudly; rerun to finish)")
     ap.add_argument("--seed", type=int, default=0, help="shapes world: data, model and sampling seed")
+    ap.add_argument("--world", choices=WORLDS, default="basic",
+                    help="shapes world: basic (default) or mechanisms (hidden appearance, steps that refer to the "
+                         "past, tutorials of up to 12 frames; loom/world/program.py)")
     ap.add_argument("--threads", type=int, default=0,
                     help="shapes world: torch threads (default 0 = auto: 2 on an idle machine, 1 on a busy one)")
     ap.add_argument("--stage", choices=["data", "train", "all"], default="all",
@@ -49,7 +54,8 @@ def main(argv: list[str] | None = None) -> int:
         overrides = list(args.overrides)
         if args.max_minutes is not None:
             overrides.append(f"run.max_minutes={args.max_minutes}")
-        cfg = DemoConfig(seed=args.seed, threads=args.threads, train_steps=args.train_steps, overrides=overrides)
+        cfg = DemoConfig(seed=args.seed, world=args.world, threads=args.threads, train_steps=args.train_steps,
+                         overrides=overrides)
         stages = {"data": ("data",), "train": ("data", "train"), "all": ("data", "train", "generate")}[args.stage]
         try:
             res = run_demo(cfg, args.out or "runs/demo", stages=stages)

@@ -11,6 +11,9 @@ Nothing here trains or samples by itself: the recipe (model size, mixture, sched
 is the YAML; generation settings are `GENERATION` below. The budget is a number of optimizer steps, so a busy
 machine takes longer and trains the same model. Rerunning the same command after Ctrl-C / SIGTERM resumes training
 from the newest checkpoint (data is rebuilt only if its recipe changed; finished generations are kept).
+
+`world` (`python -m loom.demo --world mechanisms`) picks the shapes world (loom/world/generate.py WORLDS); a world
+may add training-config overrides (before the user's `--set`) and generation settings (`WORLD_RECIPES` below).
 """
 
 from __future__ import annotations
@@ -27,7 +30,7 @@ from pathlib import Path
 import torch
 
 from loom.utils.io import atomic_write_text
-from loom.world.generate import write_dataset
+from loom.world.generate import WORLDS, write_dataset
 from loom.world.manifest import read_jsonl, write_jsonl
 
 REPO = Path(__file__).resolve().parents[2]
@@ -36,6 +39,16 @@ THRESHOLDS = {"plan_accuracy": 0.9, "instruction_following": 0.7}  # exact figur
 # Sampling of held-out items (GenerationSettings fields): greedy plan, few Euler steps on 8×8 latent tokens
 GENERATION: dict = {"num_timesteps": 12, "timestep_shift": 2.0, "cfg_text_scale": 2.0, "cfg_img_scale": 1.5,
                     "plan_temperature": 0.0, "max_plan_tokens": 104}
+# What a world changes in the recipe. mechanisms (loom/world/program.py): plans of up to 12 steps, so N_max = 12 and
+# 12 timeline slots in the temporal table. A plan has at most 156 tokens, end token included (12 "Step k: …" lines of
+# at most 13 tokens; the longest of 400 sampled plans had 151), so 200 plan tokens leave a margin like basic's 104 for its
+# 6 × 13. Its longest training sample measured 643 tokens (all frame instances of 400 tutorials, K_max = 4), well
+# under the recipe's max_tokens_per_sample = 1536, which therefore stays.
+WORLD_RECIPES: dict[str, dict] = {
+    "basic": {"overrides": [], "generation": {}},
+    "mechanisms": {"overrides": ["data.build.n_max=12", "model.overrides.max_frames=12"],
+                   "generation": {"max_plan_tokens": 200}},
+}
 
 
 @dataclass
@@ -43,6 +56,7 @@ class DemoConfig:
     """One demo run: the world data, the training config and its overrides, and held-out generation."""
 
     seed: int = 0  # data, model init and sampling seed
+    world: str = "basic"  # which shapes world (generate.WORLDS): "basic" or "mechanisms"
     train_steps: int | None = None  # optimizer steps; None: the training config's run.total_steps
     size: int = 32  # canvas side in pixels
     n_train: dict[str, int] = field(default_factory=lambda: {
@@ -53,6 +67,10 @@ class DemoConfig:
     overrides: list[str] = field(default_factory=list)  # extra `section.key=value` for the training config
     generation: dict = field(default_factory=lambda: dict(GENERATION))
     threads: int = 0  # torch threads; 0 = auto (pick_threads)
+
+    def __post_init__(self) -> None:
+        if self.world not in WORLDS:
+            raise ValueError(f"unknown world {self.world!r}; choose from {', '.join(WORLDS)}")
 
 
 def demo_scaffold(train_config: str | Path = TRAIN_CONFIG) -> str:
@@ -71,6 +89,8 @@ def write_world(root: Path, cfg: DemoConfig, log: Callable[[str], None] = _stdou
     """Train / test manifests of every demo task under root/{split}/{task}; rebuilt when the recipe changed
     (recorded in root/world.json), reused otherwise (the generator is deterministic)."""
     recipe = {"seed": cfg.seed, "size": cfg.size, "n_train": cfg.n_train, "n_test": cfg.n_test}
+    if cfg.world != "basic":  # keeps the stamp of existing basic-world folders unchanged
+        recipe["world"] = cfg.world
     stamp = root / "world.json"
     if stamp.exists() and json.loads(stamp.read_text()) != recipe:
         shutil.rmtree(root)
@@ -82,7 +102,7 @@ def write_world(root: Path, cfg: DemoConfig, log: Callable[[str], None] = _stdou
             folder = root / split / task
             path = folder / "manifest.jsonl"
             if not path.exists():
-                write_dataset(folder, task, n, split, cfg.seed, cfg.size)
+                write_dataset(folder, task, n, split, cfg.seed, cfg.size, cfg.world)
             out[split][task] = path
             log(f"      {split:5s} {task:15s} {n:5d} items → {folder}")
     atomic_write_text(stamp, json.dumps(recipe))
@@ -105,7 +125,7 @@ def train_overrides(cfg: DemoConfig, out: Path, manifests: dict[str, Path], toke
         ov.append(f"data.sources.{name}.path={manifests[task]}")
     if cfg.train_steps is not None:
         ov.append(f"run.total_steps={cfg.train_steps}")
-    return ov + list(cfg.overrides)
+    return ov + WORLD_RECIPES[cfg.world]["overrides"] + list(cfg.overrides)
 
 
 # ---- [3/5] model -----------------------------------------------------------------------------------------------
@@ -126,7 +146,14 @@ def generation_settings(cfg: DemoConfig | None = None, **extra):
     loom_config.json, or the trainer's build config for the in-training eval hook)."""
     from loom.infer.pipeline import GenerationSettings
 
-    return GenerationSettings(**{**GENERATION, **(cfg.generation if cfg is not None else {}), **extra})
+    return GenerationSettings(**{**generation_dict(cfg), **extra})
+
+
+def generation_dict(cfg: DemoConfig | None = None) -> dict:
+    """GENERATION, then the world's settings, then the run's own."""
+    if cfg is None:
+        return dict(GENERATION)
+    return {**GENERATION, **WORLD_RECIPES[cfg.world]["generation"], **cfg.generation}
 
 
 def batch_items(manifest: Path, limit: int | None = None) -> list:
@@ -235,6 +262,7 @@ def run_demo(cfg: DemoConfig, out: str | Path = "runs/demo", log: Callable[[str]
 def prepare(cfg: DemoConfig, out: Path, data_root: Path | None = None, log: Callable[[str], None] = _stdout):
     """World data + tokenizer under `data_root` (default `out`; the ablation shares one per seed) and the training
     config pointed at them with `out/train` as its run folder. Returns (manifests, train config, overrides)."""
+    from loom.data.plan import DEFAULT_N_MAX
     from loom.train.config import load_train_config
     from loom.world.vocab import build_world_tokenizer
 
@@ -242,7 +270,8 @@ def prepare(cfg: DemoConfig, out: Path, data_root: Path | None = None, log: Call
     manifests = write_world(data_root / "data", cfg, log)
     overrides = train_overrides(cfg, out, manifests["train"], data_root / "tokenizer")
     tcfg = load_train_config(cfg.train_config, overrides)
-    tok = build_world_tokenizer(data_root / "tokenizer", tcfg.data.build["scaffold"])
+    tok = build_world_tokenizer(data_root / "tokenizer", tcfg.data.build["scaffold"],
+                                n_max=tcfg.data.build.get("n_max", DEFAULT_N_MAX), world=cfg.world)
     log(f"      tokenizer: {len(tok)} word-level tokens → {data_root / 'tokenizer'}")
     return manifests, tcfg, overrides
 
@@ -270,7 +299,7 @@ def _run_demo(cfg: DemoConfig, out: Path, log: Callable[[str], None], stages: tu
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
     t = time.perf_counter()
-    log(f"[1/5] shapes world: {cfg.size} px canvas, seed {cfg.seed}")
+    log(f"[1/5] shapes world ({cfg.world}): {cfg.size} px canvas, seed {cfg.seed}")
     manifests, tcfg, overrides = prepare(cfg, out, log=log)
     seconds["data"] = time.perf_counter() - t
     if "train" not in stages:
@@ -294,7 +323,7 @@ def finish(cfg: DemoConfig, out: Path, tcfg, model_dir: Path, test: dict[str, Pa
     t = time.perf_counter()
     n_items = sum(cfg.n_test.values())
     log(f"[4/5] generating {n_items} held-out items from {model_dir} (plan written greedily by the model, then "
-        f"{cfg.generation.get('num_timesteps', GENERATION['num_timesteps']) - 1} Euler steps per frame)")
+        f"{generation_dict(cfg)['num_timesteps'] - 1} Euler steps per frame)")
     pipe = Pipeline.from_pretrained(model_dir, device="cpu", verbose=False)
     scores = generate_and_judge(pipe, test, out, generation_settings(cfg))
     seconds["generate_and_judge"] = time.perf_counter() - t
@@ -315,7 +344,8 @@ def finish(cfg: DemoConfig, out: Path, tcfg, model_dir: Path, test: dict[str, Pa
                   "loss_last": train_rows[-1]["loss"] if train_rows else None},
         "seconds": seconds,
         "model": str(model_dir),
-        "generation": {**GENERATION, **cfg.generation},
+        "generation": generation_dict(cfg),
+        "world": cfg.world,
         "demo": dataclasses.asdict(cfg),
         "torch_threads": torch.get_num_threads(),
     }

@@ -5,7 +5,13 @@ compose/style, the finished picture for tutorials and decomposition). A hash of 
 test, so an element set, and with it every prompt and picture derived from it, lives in exactly one split, for
 every seed and every task.
 
-    python -m loom.world.generate --out DIR --task tutorial --n 200 --split train --seed 0 --size 64
+Worlds (`--world`): "basic" (the default, above) and "mechanisms" (loom/world/program.py): its tutorials are step
+programs with past-referring steps and a hidden per-tutorial appearance; their key is the program (step texts in
+order; image->tutorials draw in reading order, so their program is their element set). Its compose / style /
+decompose items are the basic world's. Tutorial rows of the mechanisms world carry meta `states` (element set after
+each step), `past` (which steps refer to the past) and `appearance` (the hidden paper tint and offset).
+
+    python -m loom.world.generate --out DIR --task tutorial --n 200 --split train --seed 0 --size 64 [--world NAME]
 """
 
 from __future__ import annotations
@@ -18,9 +24,19 @@ from pathlib import Path
 import numpy as np
 
 from loom.world.manifest import MANIFEST_NAME, write_jsonl, write_png
+from loom.world.program import (
+    Step,
+    program_key,
+    program_prompt,
+    program_step_text,
+    run_program,
+    sample_appearance,
+    sample_program,
+)
 from loom.world.shapes import (
     COLORS,
     DEFAULT_SIZE,
+    Appearance,
     Element,
     reading_order,
     render,
@@ -37,6 +53,8 @@ from loom.world.text import (
 )
 
 TASKS: tuple[str, ...] = ("tutorial", "image_tutorial", "compose", "decompose", "style")
+WORLDS: tuple[str, ...] = ("basic", "mechanisms")
+PROGRAM_TASKS = ("tutorial", "image_tutorial")  # the tasks the mechanisms world changes
 SPLITS: tuple[str, ...] = ("train", "test")
 TEST_FRACTION = 0.2
 MIN_SIZE = 24  # 5 px shapes; the judge is checked at 32 and 64
@@ -56,7 +74,11 @@ def canonical_key(elements: Iterable[Element]) -> str:
 
 def split_of(elements: Iterable[Element], test_fraction: float = TEST_FRACTION) -> str:
     """Train or test from a stable hash of the canonical key (sha256, not Python's salted hash())."""
-    digest = hashlib.sha256(canonical_key(elements).encode("utf-8")).digest()
+    return split_of_key(canonical_key(elements), test_fraction)
+
+
+def split_of_key(key: str, test_fraction: float = TEST_FRACTION) -> str:
+    digest = hashlib.sha256(key.encode("utf-8")).digest()
     return "test" if int.from_bytes(digest[:8], "big") / 2**64 < test_fraction else "train"
 
 
@@ -132,6 +154,23 @@ def _style_row(elements: list[Element], write: _Writer, size: int) -> dict:
     }
 
 
+def _program_row(item: tuple[list[Step], Appearance], write: _Writer, size: int, from_image: bool) -> dict:
+    """A mechanisms tutorial: frame k is the world state after step k, drawn in the tutorial's appearance."""
+    steps, look = item
+    states = run_program(steps)
+    frames = [write("frames", str(k), render(st, size, appearance=look)) for k, st in enumerate(states, 1)]
+    final = reading_order(states[-1])
+    return {
+        "task": "tutorial",
+        "prompt": IMAGE_TO_TUTORIAL_PROMPT if from_image else program_prompt(steps),
+        "plan": [program_step_text(s) for s in steps],
+        "frames": frames,
+        "input_images": [write("inputs", "ref", render(final, size, appearance=look))] if from_image else [],
+        "meta": {"elements": _elements_meta(final), "states": [_elements_meta(reading_order(st)) for st in states],
+                 "past": [s.refers_to_past for s in steps], "appearance": look.to_dict()},
+    }
+
+
 _ROW_BUILDERS: dict[str, Callable[[list[Element], _Writer, int], dict]] = {
     "tutorial": lambda els, w, s: _tutorial_row(els, w, s, from_image=False),
     "image_tutorial": lambda els, w, s: _tutorial_row(els, w, s, from_image=True),
@@ -150,41 +189,66 @@ def _sample(task: str, rng: np.random.Generator) -> list[Element]:
     return elements
 
 
-def sample_items(task: str, n: int, split: str, seed: int) -> list[list[Element]]:
-    """n element lists of this split with distinct canonical keys, by rejection sampling from a seeded stream.
+def _sample_program_item(task: str, rng: np.random.Generator) -> tuple[list[Step], Appearance]:
+    if task == "tutorial":
+        steps = sample_program(rng)
+    else:  # image->tutorial: the picture's shapes in reading order
+        steps = [Step("draw", e) for e in reading_order(_sample(task, rng))]
+    return steps, sample_appearance(rng)
 
-    The stream is seeded by (seed, task, split) so train and test of one seed are different streams, and the
-    rejection on split_of() makes them disjoint regardless of seed."""
-    if task not in TASKS or split not in SPLITS:
-        raise ValueError(f"task must be one of {TASKS} and split one of {SPLITS}, got {task!r}, {split!r}")
-    rng = np.random.default_rng([seed, TASKS.index(task), SPLITS.index(split)])
+
+def item_key(task: str, item, world: str = "basic") -> str:
+    """The canonical key an item's split is hashed from: its program (mechanisms tutorials) or element set."""
+    if world == "mechanisms" and task in PROGRAM_TASKS:
+        return program_key(item[0])
+    return canonical_key(item)
+
+
+def sample_items(task: str, n: int, split: str, seed: int, world: str = "basic") -> list:
+    """n items of this split with distinct canonical keys, by rejection sampling from a seeded stream: element
+    lists, or for mechanisms tutorials (steps, appearance) pairs.
+
+    The stream is seeded by (seed, task, split[, world]) so train and test of one seed are different streams, and
+    the rejection on the key's hash makes them disjoint regardless of seed."""
+    if task not in TASKS or split not in SPLITS or world not in WORLDS:
+        raise ValueError(f"task must be one of {TASKS}, split one of {SPLITS} and world one of {WORLDS}, got "
+                         f"{task!r}, {split!r}, {world!r}")
+    programs = world == "mechanisms" and task in PROGRAM_TASKS
+    stream = [seed, TASKS.index(task), SPLITS.index(split)] + ([WORLDS.index(world)] if programs else [])
+    rng = np.random.default_rng(stream)
     items, seen = [], set()
     for _ in range(200 * n + 1000):
         if len(items) == n:
             break
-        elements = _sample(task, rng)
-        key = canonical_key(elements)
-        if key in seen or split_of(elements) != split:
+        item = _sample_program_item(task, rng) if programs else _sample(task, rng)
+        key = item_key(task, item, world)
+        if key in seen or split_of_key(key) != split:
             continue
         seen.add(key)
-        items.append(elements)
+        items.append(item)
     if len(items) < n:
         raise RuntimeError(f"only found {len(items)} distinct {split} items for {task!r}, asked for {n}")
     return items
 
 
 def write_dataset(
-    out_dir: str | Path, task: str, n: int, split: str = "train", seed: int = 0, size: int = DEFAULT_SIZE
+    out_dir: str | Path, task: str, n: int, split: str = "train", seed: int = 0, size: int = DEFAULT_SIZE,
+    world: str = "basic",
 ) -> Path:
     """Write n items of one task and split (PNGs, then manifest.jsonl last) and return the manifest path."""
     if size < MIN_SIZE:
         raise ValueError(f"size must be at least {MIN_SIZE} px so shapes stay distinguishable, got {size}")
     out = Path(out_dir)
     rows = []
-    for i, elements in enumerate(sample_items(task, n, split, seed)):
+    programs = world == "mechanisms" and task in PROGRAM_TASKS
+    for i, item in enumerate(sample_items(task, n, split, seed, world)):
         item_id = f"{task}-{split}-s{seed}-{i:05d}"
-        row = {"id": item_id, **_ROW_BUILDERS[task](elements, _Writer(out, item_id), size)}
-        row["meta"].update(split=split, key=canonical_key(elements), size=size)
+        write = _Writer(out, item_id)
+        row = {"id": item_id, **(_program_row(item, write, size, task == "image_tutorial") if programs
+                                 else _ROW_BUILDERS[task](item, write, size))}
+        row["meta"].update(split=split, key=item_key(task, item, world), size=size)
+        if world != "basic":
+            row["meta"]["world"] = world
         rows.append(row)
     # The manifest goes last, so a folder with a manifest always has all its images.
     path = out / MANIFEST_NAME
@@ -200,9 +264,11 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--split", default="train", choices=SPLITS)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--size", type=int, default=DEFAULT_SIZE, help="canvas side in pixels (32 or 64)")
+    parser.add_argument("--world", default="basic", choices=WORLDS,
+                        help="basic (default) or mechanisms: step programs, past-referring steps, hidden appearance")
     args = parser.parse_args(argv)
-    path = write_dataset(args.out, args.task, args.n, args.split, args.seed, args.size)
-    print(f"wrote {args.n} {args.task} items ({args.split}) to {path}")
+    path = write_dataset(args.out, args.task, args.n, args.split, args.seed, args.size, args.world)
+    print(f"wrote {args.n} {args.task} items ({args.split}, {args.world} world) to {path}")
     return 0
 
 

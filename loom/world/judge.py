@@ -15,6 +15,16 @@ Tutorials (`steps` = the model's own plan, or the ground-truth plan when renderi
 - reference_faithfulness: the last frame shows exactly the reference picture's elements;
   reference_jaccard: Jaccard overlap (partial credit).
 - text_image_alignment: the element that frame k adds includes the one step k of `steps` names.
+Mechanisms-world tutorials (rows with meta `states`, loom/world/program.py): plan axes compare parsed steps
+(draw / move / recolour / copy); instruction_following and frame_jaccard compare frame k with the ground-truth
+world state after step k; temporal_coherence: the change from frame k-1 to frame k (removed and added elements) is
+the change step k of `steps` makes when `steps` is replayed as a program; text_image_alignment: frame k adds what
+step k of `steps` adds. New axes:
+- past_step_following: instruction_following restricted to the steps that refer to the past (exact per frame).
+- appearance_consistency: a frame counts when its perceived hidden appearance (paper tint AND shape offset) equals
+  the reference: the first generated frame for text->tutorials (frames 2.. are scored; frame 1 is free), the input
+  image's (= meta `appearance`) for image->tutorials (every frame is scored). paper_consistency and
+  offset_consistency score each attribute alone.
 Other tasks: composition / decomposition / style accuracy are exact (the output's element set equals the target;
 decomposition per output), with `*_jaccard` partial-credit twins; style also reports structure_jaccard (shape and
 cell only) and color_fraction (share of drawn elements in the swatch colour).
@@ -42,9 +52,10 @@ from pathlib import Path
 import numpy as np
 
 from loom.world.manifest import manifest_path, read_image, read_jsonl, write_jsonl
-from loom.world.perceive import perceive
-from loom.world.shapes import Element, render, shape_side
-from loom.world.text import format_plan, parse_plan
+from loom.world.perceive import perceive, perceive_appearance
+from loom.world.program import parse_step, run_program
+from loom.world.shapes import PLAIN, Appearance, Element, render, shape_side
+from loom.world.text import format_plan, parse_plan, split_steps
 
 PREDICTIONS_NAME = "predictions.jsonl"
 Frames = Sequence[frozenset[Element]]
@@ -108,11 +119,12 @@ def text_image_alignment(parsed: Sequence[Element | None], frames: Frames) -> fl
     return _per_position(hits, max(len(parsed), len(frames)))
 
 
-def off_pixels(image: np.ndarray, seen: frozenset[Element] | None = None) -> np.ndarray:
+def off_pixels(image: np.ndarray, seen: frozenset[Element] | None = None, look: Appearance = PLAIN
+               ) -> np.ndarray:
     """Boolean map of pixels more than CLEAN_TOLERANCE from the clean render of what the judge perceives."""
     img = np.asarray(image)[..., :3].astype(np.int16)
     seen = perceive(img) if seen is None else seen
-    clean = render(seen, img.shape[0]).astype(np.int16)
+    clean = render(seen, img.shape[0], appearance=look).astype(np.int16)
     return np.abs(img - clean).max(-1) > CLEAN_TOLERANCE
 
 
@@ -120,11 +132,12 @@ def clean_pixel_fraction(image: np.ndarray, seen: frozenset[Element] | None = No
     return float(1.0 - off_pixels(image, seen).mean())
 
 
-def frame_quality(images: Sequence[np.ndarray], seen: Sequence[frozenset[Element]] | None = None
-                  ) -> dict[str, float]:
+def frame_quality(images: Sequence[np.ndarray], seen: Sequence[frozenset[Element]] | None = None,
+                  looks: Sequence[Appearance] | None = None) -> dict[str, float]:
     if not images:
         return {"clean_pixel_fraction": 0.0, "clean_frame_rate": 0.0}
-    off = [off_pixels(im, None if seen is None else seen[i]) for i, im in enumerate(images)]
+    off = [off_pixels(im, None if seen is None else seen[i], PLAIN if looks is None else looks[i])
+           for i, im in enumerate(images)]
     return {"clean_pixel_fraction": float(np.mean([1.0 - o.mean() for o in off])),
             "clean_frame_rate": float(np.mean([o.sum() < shape_side(o.shape[0]) for o in off]))}
 
@@ -149,6 +162,92 @@ def score_tutorial(
     if text is not None:
         scores = {"plan_accuracy": plan_accuracy(expected, parsed),
                   "plan_step_accuracy": plan_step_accuracy(expected, parsed), **scores}
+    return scores
+
+
+# ---- mechanisms-world tutorials -------------------------------------------------------------------------------
+States = Sequence[frozenset[Element] | None]
+
+
+def state_following(states: States, frames: Frames, only: Sequence[bool] | None = None) -> float:
+    """Share of steps (all, or those with only[k]) whose frame equals the state after the step (exact)."""
+    ks = [k for k in range(len(states)) if only is None or only[k]]
+    ok = [k < len(frames) and frames[k] == states[k] for k in ks]
+    extra = 0 if only is not None else max(0, len(frames) - len(states))
+    return _per_position(ok, len(ks) + extra)
+
+
+def state_jaccard(states: States, frames: Frames) -> float:
+    overlap = [jaccard(set(st), frames[k]) for k, st in enumerate(states[: len(frames)])]
+    return _per_position(overlap, max(len(states), len(frames)))
+
+
+def _change(before: frozenset[Element], after: frozenset[Element]) -> tuple[frozenset, frozenset]:
+    return before - after, after - before
+
+
+def program_coherence(own: States, frames: Frames) -> float:
+    """Frame k changes frame k-1 exactly as step k of the replayed plan changes its state."""
+    blank: frozenset[Element] = frozenset()
+    ok = [own[k] is not None and _change(frames[k - 1] if k else blank, frames[k])
+          == _change(own[k - 1] if k else blank, own[k]) for k in range(min(len(frames), len(own)))]
+    return _per_position(ok, max(len(frames), len(own)))
+
+
+def program_alignment(own: States, frames: Frames) -> float:
+    """Frame k adds (at least) the element step k of the replayed plan adds."""
+    blank: frozenset[Element] = frozenset()
+    ok = [own[k] is not None and own[k] - (own[k - 1] if k else blank) <= _added(frames, k)
+          for k in range(min(len(frames), len(own)))]
+    return _per_position(ok, max(len(frames), len(own)))
+
+
+def appearance_consistency(looks: Sequence[Appearance], reference: Appearance | None, num_steps: int,
+                           attribute: str | None = None) -> float:
+    """Share of frames whose appearance (or one attribute of it) equals the reference; reference None: the first
+    frame's, which is then not scored. Missing or extra frames count as inconsistent."""
+    first_free = reference is None
+    if first_free:
+        if not looks:
+            return 0.0
+        reference = looks[0]
+
+    def same(a: Appearance) -> bool:
+        return a == reference if attribute is None else getattr(a, attribute) == getattr(reference, attribute)
+
+    scored = looks[1:] if first_free else looks
+    return _per_position([same(a) for a in scored], max(num_steps, len(looks)) - int(first_free))
+
+
+def score_program_tutorial(row: dict, frames: Sequence[np.ndarray], text: str | Sequence[str] | None
+                           ) -> dict[str, float]:
+    meta = row["meta"]
+    states = [frozenset(Element.from_dict(d) for d in st) for st in meta["states"]]
+    expected = [parse_step(s) for s in row["plan"]]
+    plan = row["plan"] if text is None else (split_steps(text) if isinstance(text, str) else list(text))
+    parsed = [parse_step(s) for s in plan]
+    own = run_program(parsed)
+    read = [perceive_appearance(f) for f in frames]
+    looks, seen = [r[0] for r in read], [r[1] for r in read]
+    reference = Appearance.from_dict(meta["appearance"]) if row.get("input_images") else None
+    scores = {
+        "instruction_following": state_following(states, seen),
+        "frame_jaccard": state_jaccard(states, seen),
+        "temporal_coherence": program_coherence(own, seen),
+        "reference_faithfulness": reference_faithfulness(states[-1], seen),
+        "reference_jaccard": reference_jaccard(states[-1], seen),
+        "text_image_alignment": program_alignment(own, seen),
+        "appearance_consistency": appearance_consistency(looks, reference, len(states)),
+        "paper_consistency": appearance_consistency(looks, reference, len(states), "paper"),
+        "offset_consistency": appearance_consistency(looks, reference, len(states), "offset"),
+        **frame_quality(frames, seen, looks),
+    }
+    if any(meta["past"]):
+        scores["past_step_following"] = state_following(states, seen, meta["past"])
+    if text is not None:
+        scores = {"plan_accuracy": float(bool(expected) and parsed == expected),
+                  "plan_step_accuracy": _per_position([e == p for e, p in zip(expected, parsed)],
+                                                      max(len(expected), len(parsed))), **scores}
     return scores
 
 
@@ -196,7 +295,7 @@ def score_item(
 ) -> dict[str, float]:
     """Score one manifest row given the generated images (frames or outputs) and, for tutorials, plan text."""
     if row["task"] == "tutorial":
-        return score_tutorial(row, images, text)
+        return (score_program_tutorial if "states" in row["meta"] else score_tutorial)(row, images, text)
     scorers = {"compose": score_compose, "decompose": score_decompose, "style": score_style}
     if row["task"] not in scorers:
         raise ValueError(f"unknown task {row['task']!r}")

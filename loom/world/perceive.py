@@ -9,6 +9,11 @@ Built for blurry, noisy samples from a tiny model at 32 or 64 px, where a 7 px t
   nominal side x side box (square 1, circle ~pi/4, triangle ~0.5); skew = third central moment of the rows, which a
   symmetric blur leaves unchanged and which only the bottom-heavy triangle has. Prototypes are measured by running
   this pipeline on exact renders at the image's own size, so nothing needs retuning per resolution.
+
+Hidden appearance (mechanisms world, `perceive_appearance`): the paper tint is the tint nearest to the median colour
+of the canvas border (shapes never reach it), and ink is then measured along paper-to-colour lines; the shape offset
+is the offset nearest to the mean shift of the elements' ink centroids from clean centred renders (a symmetric blur
+moves no centroid).
 """
 
 from __future__ import annotations
@@ -21,9 +26,13 @@ import numpy as np
 from loom.world.shapes import (
     BLACK,
     CELLS,
+    OFFSETS,
     PALETTE,
+    PAPERS,
     SHAPES,
     WHITE,
+    Appearance,
+    Color,
     Element,
     cell_box,
     render,
@@ -46,12 +55,12 @@ class PerceiveConfig:
 DEFAULT_CONFIG = PerceiveConfig()
 
 
-def ink_strengths(image: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-    """Per pixel and ink colour k (H x W x K): the strength alpha of k along the white-to-k blend line and the
+def ink_strengths(image: np.ndarray, paper: Color = WHITE) -> tuple[np.ndarray, np.ndarray]:
+    """Per pixel and ink colour k (H x W x K): the strength alpha of k along the paper-to-k blend line and the
     RGB distance from that line. Alpha is capped at 1.5, not 1, so noise inside a solid shape averages out
     instead of always pulling its mass down."""
     rgb = np.asarray(image, dtype=np.float32)[..., :3]
-    white = np.asarray(WHITE, dtype=np.float32)
+    white = np.asarray(paper, dtype=np.float32)
     direction = np.asarray([*PALETTE.values(), BLACK], dtype=np.float32) - white  # K x 3
     offset = rgb[..., None, :] - white  # H x W x K x 3
     alpha = np.clip((offset * direction).sum(-1) / (direction**2).sum(-1), 0.0, 1.5)
@@ -125,17 +134,18 @@ def classify_shape(mass: np.ndarray, size: int) -> str:
     return min(SHAPES, key=lambda s: (fill - protos[s][0]) ** 2 + (0.5 * (skew - protos[s][1])) ** 2)
 
 
-def perceive(image: np.ndarray, config: PerceiveConfig = DEFAULT_CONFIG) -> frozenset[Element]:
-    """The elements visible on a canvas: at most one per cell, in its dominant palette colour."""
+def _read_cells(image: np.ndarray, config: PerceiveConfig, paper: Color
+                ) -> list[tuple[Element, np.ndarray, tuple[int, int]]]:
+    """(element, its ink mass map over the cell, the cell's top-left pixel) per cell that holds an element."""
     image = np.asarray(image)
     if image.ndim != 3 or image.shape[-1] < 3:
         raise ValueError(f"expected an H x W x 3 image, got shape {image.shape}")
     height, width = image.shape[:2]
     size = min(height, width)
-    alpha, residual = ink_strengths(image)
+    alpha, residual = ink_strengths(image, paper)
     labels = _labels(alpha, residual, config)
     threshold = min_mass(size, config)
-    found = set()
+    found = []
     for cell in CELLS:
         y0, x0, y1, x1 = cell_box(cell, height, width)
         patch = labels[y0:y1, x0:x1]
@@ -146,5 +156,47 @@ def perceive(image: np.ndarray, config: PerceiveConfig = DEFAULT_CONFIG) -> froz
         if not ink.any() or mass.sum() < threshold:
             continue
         shape = classify_shape(mass, size)
-        found.add(Element(INK_COLORS[color_id], shape, cell))
-    return frozenset(found)
+        found.append((Element(INK_COLORS[color_id], shape, cell), mass, (y0, x0)))
+    return found
+
+
+def perceive(image: np.ndarray, config: PerceiveConfig = DEFAULT_CONFIG, paper: Color = WHITE
+             ) -> frozenset[Element]:
+    """The elements visible on a canvas: at most one per cell, in its dominant palette colour. `paper`: the
+    background colour ink is measured from (white in the basic world; `perceive_appearance(image)` finds it)."""
+    return frozenset(e for e, _, _ in _read_cells(image, config, paper))
+
+
+def perceive_paper(image: np.ndarray) -> str:
+    """The paper tint nearest to the median colour of the one-pixel canvas border."""
+    img = np.asarray(image, dtype=np.float32)[..., :3]
+    border = np.concatenate([img[0], img[-1], img[1:-1, 0], img[1:-1, -1]])
+    median = np.median(border, axis=0)
+    return min(PAPERS, key=lambda name: float(((median - np.asarray(PAPERS[name])) ** 2).sum()))
+
+
+def _centroid(mass: np.ndarray) -> np.ndarray:
+    ys, xs = np.indices(mass.shape)
+    total = float(mass.sum())
+    return np.array([(ys * mass).sum() / total, (xs * mass).sum() / total])
+
+
+@lru_cache(maxsize=512)
+def _clean_centroid(shape: str, cell: str, size: int) -> tuple[float, float]:
+    """Ink centroid (within its cell) of a clean, centred shape: triangles are bottom-heavy."""
+    (_, mass, _), = _read_cells(render([Element("red", shape, cell)], size), DEFAULT_CONFIG, WHITE)
+    return tuple(_centroid(mass))
+
+
+def perceive_appearance(image: np.ndarray, config: PerceiveConfig = DEFAULT_CONFIG
+                        ) -> tuple[Appearance, frozenset[Element]]:
+    """(hidden appearance, elements read on that paper). With no element on the canvas the offset is "centred"."""
+    paper = perceive_paper(image)
+    cells = _read_cells(image, config, PAPERS[paper])
+    size = min(np.asarray(image).shape[:2])
+    offset = "centred"
+    if cells:
+        shift = np.mean([_centroid(m) - np.asarray(_clean_centroid(e.shape, e.cell, size)) for e, m, _ in cells], 0)
+        unit = max(1, size // 32)
+        offset = min(OFFSETS, key=lambda k: float(((shift - unit * np.asarray(OFFSETS[k])) ** 2).sum()))
+    return Appearance(paper, offset), frozenset(e for e, _, _ in cells)

@@ -14,7 +14,8 @@ from loom.world.manifest import read_jsonl
 from loom.world.text import format_plan
 
 AXES = ("plan_accuracy", "plan_step_accuracy", "instruction_following", "frame_jaccard", "temporal_coherence",
-        "reference_faithfulness", "text_image_alignment", "composition_accuracy", "style_accuracy",
+        "reference_faithfulness", "text_image_alignment", "appearance_consistency", "past_step_following",
+        "composition_accuracy", "style_accuracy",
         "clean_frame_rate", "clean_pixel_fraction")
 
 

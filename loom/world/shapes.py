@@ -2,6 +2,11 @@
 
 Everything here is pure numpy and exact (no anti-aliasing), so the same element set always renders to the same
 bytes and the judge can calibrate itself by rendering clean prototypes at any canvas size.
+
+Hidden appearance (`Appearance`, the "mechanisms" world only, loom/world/program.py): a paper tint (one of a few
+near-white backgrounds) and an offset of every shape within its cell (one pixel per 32 px of canvas, diagonally).
+No text ever names them; a tutorial keeps one appearance on every frame. The default appearance (white paper,
+centred shapes) renders exactly what the basic world always rendered.
 """
 
 from __future__ import annotations
@@ -24,6 +29,17 @@ PALETTE: dict[str, Color] = {
 }
 WHITE: Color = (255, 255, 255)
 BLACK: Color = (0, 0, 0)
+# Paper tints: near-white, every two at least 37 RGB levels apart in some channel, so the median colour of the
+# canvas border (never inked) names one unambiguously (loom/world/perceive.py `perceive_appearance`).
+PAPERS: dict[str, Color] = {
+    "white": WHITE,
+    "cream": (252, 240, 205),
+    "mint": (215, 245, 215),
+    "sky": (215, 230, 255),
+}
+# Shape offsets within the cell, in units of max(1, size // 32) pixels. The mechanisms world draws one of the two
+# diagonal ones; "centred" is the basic world. Shapes keep a one-pixel margin to the canvas border at 32 and 64 px.
+OFFSETS: dict[str, tuple[int, int]] = {"centred": (0, 0), "up left": (-1, -1), "down right": (1, 1)}
 
 COLORS: tuple[str, ...] = tuple(PALETTE)
 SHAPES: tuple[str, ...] = ("circle", "square", "triangle")
@@ -65,6 +81,34 @@ class Element:
 
     def moved_to(self, cell: str) -> Element:
         return Element(self.color, self.shape, cell)
+
+
+@dataclass(frozen=True)
+class Appearance:
+    """Hidden per-tutorial look: paper tint and shape offset (names in PAPERS / OFFSETS)."""
+
+    paper: str = "white"
+    offset: str = "centred"
+
+    def __post_init__(self) -> None:
+        if self.paper not in PAPERS or self.offset not in OFFSETS:
+            raise ValueError(f"unknown appearance {self.paper!r} {self.offset!r}")
+
+    def to_dict(self) -> dict[str, str]:
+        return {"paper": self.paper, "offset": self.offset}
+
+    @classmethod
+    def from_dict(cls, d: dict[str, str]) -> Appearance:
+        return cls(paper=d["paper"], offset=d["offset"])
+
+    def shift(self, size: int) -> tuple[int, int]:
+        """(dy, dx) in pixels on a size x size canvas."""
+        unit = max(1, size // 32)
+        dy, dx = OFFSETS[self.offset]
+        return dy * unit, dx * unit
+
+
+PLAIN = Appearance()
 
 
 def reading_order(elements: Iterable[Element]) -> list[Element]:
@@ -120,36 +164,41 @@ def outline(mask: np.ndarray) -> np.ndarray:
     return mask & ~interior
 
 
-def element_slice(cell: str, size: int) -> tuple[slice, slice]:
-    """Where a shape of `shape_side(size)` is pasted: centred on the cell's middle pixel."""
+def element_slice(cell: str, size: int, appearance: Appearance = PLAIN) -> tuple[slice, slice]:
+    """Where a shape of `shape_side(size)` is pasted: centred on the cell's middle pixel, plus the offset."""
     y0, x0, y1, x1 = cell_box(cell, size)
     side = shape_side(size)
-    cy, cx = (y0 + y1 - 1) // 2, (x0 + x1 - 1) // 2
+    dy, dx = appearance.shift(size)
+    cy, cx = (y0 + y1 - 1) // 2 + dy, (x0 + x1 - 1) // 2 + dx
     top, left = cy - side // 2, cx - side // 2
     return slice(top, top + side), slice(left, left + side)
 
 
-def blank_canvas(size: int = DEFAULT_SIZE) -> np.ndarray:
-    return np.full((size, size, 3), 255, dtype=np.uint8)
+def blank_canvas(size: int = DEFAULT_SIZE, paper: Color = WHITE) -> np.ndarray:
+    canvas = np.empty((size, size, 3), dtype=np.uint8)
+    canvas[:] = paper
+    return canvas
 
 
-def draw_element(canvas: np.ndarray, element: Element, outlined: bool = False) -> np.ndarray:
+def draw_element(canvas: np.ndarray, element: Element, outlined: bool = False,
+                 appearance: Appearance = PLAIN) -> np.ndarray:
     """Paint one element in place (filled in its colour, or as a black contour) and return the canvas."""
     size = canvas.shape[0]
     mask = shape_mask(element.shape, shape_side(size))
     rgb = BLACK if outlined else PALETTE[element.color]
     if outlined:
         mask = outline(mask)
-    ys, xs = element_slice(element.cell, size)
+    ys, xs = element_slice(element.cell, size, appearance)
     canvas[ys, xs][mask] = rgb
     return canvas
 
 
-def render(elements: Iterable[Element], size: int = DEFAULT_SIZE, outlined: bool = False) -> np.ndarray:
+def render(elements: Iterable[Element], size: int = DEFAULT_SIZE, outlined: bool = False,
+           appearance: Appearance = PLAIN) -> np.ndarray:
     """Canvas (size x size x 3, uint8) with the elements drawn; cells never overlap so order does not matter."""
-    canvas = blank_canvas(size)
+    canvas = blank_canvas(size, PAPERS[appearance.paper])
     for element in elements:
-        draw_element(canvas, element, outlined=outlined)
+        draw_element(canvas, element, outlined=outlined, appearance=appearance)
     return canvas
 
 

@@ -1,7 +1,8 @@
 """Wording of the shapes world: prompts, plan steps, and a tolerant parser for model-written plans.
 
 Generator and judge both go through this module, so the phrasing the model is trained on and the phrasing the
-judge reads back can never drift apart.
+judge reads back can never drift apart. The mechanisms world's past-referring steps ("Move the last shape one cell
+right.") are worded and parsed in loom/world/program.py, on top of the element wording here.
 """
 
 from __future__ import annotations

@@ -65,3 +65,16 @@ def test_ablation_rejects_an_unknown_override(tmp_path, capsys):
     assert _script().main([*TINY, "--set", "run.no_such_field=1", "--out", str(tmp_path)]) == 2
     err = capsys.readouterr().err
     assert err.startswith("error: ") and "no_such_field" in err and "Traceback" not in err
+
+
+def test_ablation_on_the_mechanisms_world(tmp_path):
+    """`--world mechanisms`: every run trains and is judged on that world; the table has its axes."""
+    out = tmp_path / "abl"
+    assert _script().main([*TINY, "--world", "mechanisms", "--variants", "full", "--out", str(out)]) == 0
+    md = (out / "ablation.md").read_text()
+    assert md.startswith("## Table 4 on the shapes world (mechanisms)")
+    assert "appearance_consistency" in md and "past_step_following" in md
+    results = json.loads((out / "results.json").read_text())
+    assert results[0]["world"] == "mechanisms"
+    row = read_jsonl(out / "data-s0" / "data" / "test" / "tutorial" / "manifest.jsonl")[0]
+    assert row["meta"]["world"] == "mechanisms"
