@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     args = ap.parse_args(argv)
     if not args.smoke:
         from .config import ConfigError
+        from .utils.cli import fail
         from .world.demo import DemoConfig, run_demo
 
         overrides = list(args.overrides)
@@ -60,8 +61,7 @@ def main(argv: list[str] | None = None) -> int:
         try:
             res = run_demo(cfg, args.out or "runs/demo", stages=stages)
         except ConfigError as e:
-            print(f"error: {e}")
-            return 2
+            return fail("python -m loom.demo", str(e), 2)
         return 0 if res.get("status", "finished") in ("finished", "trained") or "passed" in res else 1
     return smoke(args)
 

@@ -69,7 +69,9 @@ def page(ctx, width: int = 1100, height: int = 800):
 
 
 def screenshot(pg, out: Path) -> Path:
-    """Wait until every image is decoded, then save a full-page PNG."""
+    """Wait until every image is decoded, then save a full-page PNG. Lazy images are switched to eager first: a
+    full-page screenshot never scrolls, so frames below the fold would otherwise never load."""
+    pg.evaluate("document.querySelectorAll('img[loading=lazy]').forEach(i => { i.loading = 'eager'; })")
     pg.wait_for_function("Array.from(document.images).every(i => i.complete)")
     pg.screenshot(path=str(out), full_page=True)
     return out

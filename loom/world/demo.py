@@ -295,6 +295,33 @@ def train_stage(tcfg, out: Path, log: Callable[[str], None] = _stdout) -> dict:
     return result
 
 
+def write_generation_config(cfg: DemoConfig, out: Path, log: Callable[[str], None] = _stdout) -> Path:
+    """`<out>/generation.yaml`: the demo's sampler settings as a `loom generate --config` file, so the follow-up
+    commands on `<out>/model` sample like the demo did (flags given after it still win)."""
+    import yaml
+
+    path = out / "generation.yaml"
+    atomic_write_text(path, "# written by python -m loom.demo: use with loom generate ... --config this-file\n"
+                      + yaml.safe_dump(generation_dict(cfg), sort_keys=False))
+    log(f"      try it: loom generate tutorial --model {_rel(out / 'model')} --config {_rel(path)} --prompt "
+        f"\"{tutorial_prompt_example(cfg.world)}\" --out {_rel(out / 'try')}")
+    return path
+
+
+def tutorial_prompt_example(world: str = "basic") -> str:
+    """A text→tutorial prompt in the world's wording (the README's first follow-up command)."""
+    from loom.world.program import Step, program_prompt
+    from loom.world.shapes import Element
+    from loom.world.text import tutorial_prompt
+
+    elements = [Element("red", "circle", "top left"), Element("blue", "square", "center"),
+                Element("green", "triangle", "bottom right")]
+    if world == "mechanisms":
+        return program_prompt([Step("draw", elements[0]), Step("move", direction="right"),
+                               Step("copy", direction="down"), Step("recolour", color="blue")])
+    return tutorial_prompt(elements)
+
+
 def _run_demo(cfg: DemoConfig, out: Path, log: Callable[[str], None], stages: tuple[str, ...]) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     seconds: dict[str, float] = {}
@@ -310,6 +337,7 @@ def _run_demo(cfg: DemoConfig, out: Path, log: Callable[[str], None], stages: tu
     seconds["train"] = time.perf_counter() - t
     if result["status"] != "finished":
         return {"status": result["status"], "step": result["step"]}
+    write_generation_config(cfg, out, log)
     if "generate" not in stages:
         return {"status": "trained", "step": result["step"]}
     return finish(cfg, out, tcfg, Path(result["model"]), manifests["test"], seconds, log)

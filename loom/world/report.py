@@ -57,6 +57,7 @@ def write_report(out: Path, metrics: dict, test: dict[str, Path], train_rows: li
     r = {
         "steps": metrics["train"]["steps"], "train_minutes": metrics["seconds"].get("train", 0.0) / 60,
         "config": metrics["train"]["config"], "model": metrics["model"],
+        "generation_config": str(out / "generation.yaml"),
         "plan": metrics["headline"]["plan_accuracy"], "follow": metrics["headline"]["instruction_following"],
         "plan_min": metrics["thresholds"]["plan_accuracy"],
         "follow_min": metrics["thresholds"]["instruction_following"], "passed": metrics["passed"],

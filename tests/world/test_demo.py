@@ -8,9 +8,18 @@ import json
 import os
 
 import pytest
+import yaml
+from browser import assert_not_blank, page, publish, screenshot
 
 from loom.data.tokenizer import encode
-from loom.world.demo import THRESHOLDS, DemoConfig, demo_scaffold, run_demo
+from loom.world.demo import (
+    GENERATION,
+    THRESHOLDS,
+    DemoConfig,
+    demo_scaffold,
+    run_demo,
+    tutorial_prompt_example,
+)
 from loom.world.generate import sample_items
 from loom.world.shapes import reading_order
 from loom.world.text import compose_prompt, format_plan, step_text, tutorial_prompt
@@ -55,7 +64,7 @@ def test_world_tokenizer_keeps_cell_names_whole(tmp_path):
     assert encode(tok, " top left")[0] != encode(tok, " top")[0]
 
 
-def test_demo_recipe_end_to_end(tmp_path):
+def test_demo_recipe_end_to_end(tmp_path, chromium):
     lines: list[str] = []
     out = tmp_path / "demo"
     metrics = run_demo(tiny_cfg(30), out, log=lines.append)
@@ -92,6 +101,14 @@ def test_demo_recipe_end_to_end(tmp_path):
     assert "ground truth" in html and "data:image/png;base64," in html
     stages = [ln[:5] for ln in lines if ln.startswith("[")]
     assert stages == ["[1/5]", "[2/5]", "[3/5]", "[4/5]", "[5/5]"]
+    with page(chromium) as p:  # what a reader sees: every image decoded, drawn, no horizontal scrolling
+        p.goto((out / "report.html").as_uri())
+        shot = screenshot(p, tmp_path / "report.png")
+        broken = p.evaluate("Array.from(document.images).filter(i => i.naturalWidth === 0).map(i => i.src)")
+        overflow = p.evaluate("document.documentElement.scrollWidth - window.innerWidth")
+    assert broken == [] and overflow <= 0
+    assert_not_blank(shot)
+    publish(shot, "demo-report.png")
 
 
 def test_demo_model_works_with_loom_generate(tmp_path):
@@ -100,9 +117,10 @@ def test_demo_model_works_with_loom_generate(tmp_path):
 
     out = tmp_path / "demo"
     run_demo(tiny_cfg(10), out, log=lambda _: None, stages=("data", "train"))
-    prompt = "Create a tutorial for drawing in the top left, a red circle and in the center, a blue square."
-    code = generate(["tutorial", "--model", str(out / "model"), "--prompt", prompt, "--out", str(tmp_path / "gen"),
-                     "--timesteps", "3", "--resolution", "32", "--no-progress", "--plan-temperature", "0",
+    gen_cfg = yaml.safe_load((out / "generation.yaml").read_text())  # the demo's sampler, as a --config file
+    assert gen_cfg == {**GENERATION, "num_timesteps": 3}
+    code = generate(["tutorial", "--model", str(out / "model"), "--config", str(out / "generation.yaml"),
+                     "--prompt", tutorial_prompt_example(), "--out", str(tmp_path / "gen"), "--no-progress",
                      "--strict-plan"])
     # a 10-step model rarely writes a usable plan: either a finished storyboard or the one-line plan error
     if code == 0:
@@ -143,6 +161,7 @@ def test_demo_runs_on_the_mechanisms_world(tmp_path):
     on_disk = json.loads((out / "metrics.json").read_text())
     assert on_disk["world"] == "mechanisms" and on_disk["generation"]["max_plan_tokens"] == 200
     assert on_disk["generation"]["num_timesteps"] == 3  # the run's own settings still win
+    assert yaml.safe_load((out / "generation.yaml").read_text()) == on_disk["generation"]  # the follow-up's sampler
     assert {"appearance_consistency", "past_step_following", "instruction_following"} <= set(
         on_disk["scores"]["tutorial"])
     assert "appearance_consistency" in on_disk["scores"]["image_tutorial"]
