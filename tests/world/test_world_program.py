@@ -1,7 +1,6 @@
 """The mechanisms world (loom/world/program.py): step programs and their texts, hidden appearance, generator
 determinism and split disjointness, and the basic world left as it was."""
 
-import hashlib
 from pathlib import Path
 
 import numpy as np
@@ -28,12 +27,9 @@ from loom.world.text import format_plan, split_steps
 RED = Element("red", "circle", "top left")
 
 
-def _digest(folder: Path) -> str:
-    h = hashlib.sha256()
-    for p in sorted(folder.rglob("*")):
-        if p.is_file():
-            h.update(p.relative_to(folder).as_posix().encode() + p.read_bytes())
-    return h.hexdigest()
+def _files(folder: Path) -> dict[str, bytes]:
+    """Every file under the folder by relative path: equal dicts = byte-identical datasets."""
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
 
 
 def test_every_step_text_round_trips_through_the_parser() -> None:
@@ -103,7 +99,7 @@ def test_generator_is_deterministic_and_splits_are_disjoint(tmp_path: Path) -> N
     a = write_dataset(tmp_path / "a", "tutorial", 8, "train", seed=2, size=32, world="mechanisms").parent
     b = write_dataset(tmp_path / "b", "tutorial", 8, "train", seed=2, size=32, world="mechanisms").parent
     c = write_dataset(tmp_path / "c", "tutorial", 8, "train", seed=3, size=32, world="mechanisms").parent
-    assert _digest(a) == _digest(b) and _digest(a) != _digest(c)
+    assert _files(a) == _files(b) and _files(a) != _files(c)
     for task in ("tutorial", "image_tutorial"):
         train = {item_key(task, it, "mechanisms") for it in sample_items(task, 300, "train", 0, "mechanisms")}
         test = {item_key(task, it, "mechanisms") for it in sample_items(task, 80, "test", 0, "mechanisms")}
@@ -142,11 +138,11 @@ def test_compose_and_style_stay_basic_and_basic_is_the_default(tmp_path: Path) -
         mech = write_dataset(tmp_path / f"{task}-m", task, 4, "train", seed=1, size=32, world="mechanisms").parent
         assert [r["input_images"] for r in read_jsonl(basic / "manifest.jsonl")] == \
             [r["input_images"] for r in read_jsonl(mech / "manifest.jsonl")]
-        assert {p.name: p.read_bytes() for p in basic.rglob("*.png")} == \
-            {p.name: p.read_bytes() for p in mech.rglob("*.png")}
+        assert {k: v for k, v in _files(basic).items() if k.endswith(".png")} == \
+            {k: v for k, v in _files(mech).items() if k.endswith(".png")}
     a = write_dataset(tmp_path / "d", "tutorial", 3, "train", seed=1, size=32).parent
     b = write_dataset(tmp_path / "e", "tutorial", 3, "train", seed=1, size=32, world="basic").parent
-    assert _digest(a) == _digest(b)
+    assert _files(a) == _files(b)
     assert "world" not in read_jsonl(a / "manifest.jsonl")[0]["meta"]
     assert perceive(render([RED], 32)) == {RED}
 
@@ -177,3 +173,41 @@ def test_world_tokenizer_covers_the_mechanisms_world(tmp_path: Path) -> None:
         for text in (scaffold.format(prompt=program_prompt(prog)), format_plan([program_step_text(s) for s in prog])):
             ids = encode(tok, text)
             assert tok.unk_token_id not in ids and tok.decode(ids) == text
+
+
+def test_the_demo_recipe_fits_the_longest_mechanisms_tutorials(tmp_path: Path) -> None:
+    """N_max, the plan-token budget and the per-sample token cap of the demo recipe hold the world's longest items
+    (figures in loom/world/demo.py WORLD_RECIPES)."""
+    import random
+
+    from loom.data.builders import build_plans
+    from loom.data.builders.base import BuildContext, plan_num_tokens
+    from loom.data.manifest import build_config
+    from loom.data.packing import PackGeometry
+    from loom.data.plan import format_step
+    from loom.model.configs import preset
+    from loom.train.config import load_train_config
+    from loom.world.demo import TRAIN_CONFIG, WORLD_RECIPES
+    from loom.world.shapes import CELLS, COLORS, SHAPES
+    from loom.world.vocab import build_world_tokenizer
+
+    recipe = WORLD_RECIPES["mechanisms"]
+    tcfg = load_train_config(TRAIN_CONFIG, recipe["overrides"])
+    n_max = tcfg.data.build["n_max"]
+    assert n_max == NUM_STEPS[1]
+    tok = build_world_tokenizer(tmp_path / "tok", tcfg.data.build["scaffold"], n_max=n_max, world="mechanisms")
+    texts = [program_step_text(Step("draw", Element(c, s, cell))) for c in COLORS for s in SHAPES for cell in CELLS]
+    texts += [program_step_text(Step(op, direction=d)) for op in ("move", "copy") for d in DIRECTIONS]
+    texts += [program_step_text(Step("recolour", color=c)) for c in COLORS]
+    longest_line = max(len(encode(tok, format_step(n_max, t) + "\n")) for t in texts)
+    assert longest_line == 13 and n_max * longest_line <= recipe["generation"]["max_plan_tokens"]
+    man = write_dataset(tmp_path / "d", "tutorial", 40, "train", seed=0, size=32, world="mechanisms")
+    rows = sorted(read_jsonl(man), key=lambda r: -len(r["prompt"]))[:3]
+    model = preset(tcfg.model.preset)
+    model.max_frames = n_max
+    geo = PackGeometry.from_config(model)
+    ctx = BuildContext.from_manifest(man, tok, build_config({**dict(tcfg.data.build), "frames_per_visit": None},
+                                                            (n_max, model.max_references)), geo)
+    lengths = [plan_num_tokens(p, geo) for r in rows for p in build_plans(r, ctx, random.Random(0))]
+    assert len(lengths) == sum(len(r["plan"]) for r in rows)  # every frame instance, none refused
+    assert max(lengths) <= tcfg.data.max_tokens_per_sample
