@@ -89,7 +89,7 @@ def run_one(name: str, overrides: list[str], steps: int, warmup: int) -> dict:
         res = {"name": name, "device": torch.cuda.get_device_name(dev) if dev.type == "cuda" else "cpu",
                "world_size": world, "steps": steps, "step_time_s": dt / steps, "tokens_per_s": tokens / dt,
                "tokens_per_s_per_device": tokens / dt / world, "tflops_per_device": flops / dt / 1e12 / world,
-               "mfu": flops / dt / 1e12 / (peak * world) if peak else 0.0,
+               "mfu": flops / dt / 1e12 / (peak * world) if peak else None,  # null: no known peak (CPU)
                "peak_tflops_assumed": peak,
                "peak_mem_gb": parallel.all_reduce_max([peak_memory_gb(dev)], tr.info)[0],
                "params_m": sum(p.numel() for p in tr.model.parameters()) / 1e6 * (world if world > 1 else 1),
@@ -177,7 +177,7 @@ def main(argv: list[str] | None = None) -> int:
     if int(__import__("os").environ.get("RANK", "0")) == 0:
         print(f"{'config':<40} {'tok/s':>10} {'MFU':>8} {'peak GB':>8} {'s/step':>8}")
         for r in results:
-            print(f"{r['name']:<40} {r['tokens_per_s']:>10.0f} {r['mfu']:>8.4f} {r['peak_mem_gb']:>8.2f} "
+            print(f"{r['name']:<40} {r['tokens_per_s']:>10.0f} {r['mfu'] if r['mfu'] is not None else float('nan'):>8.4f} {r['peak_mem_gb']:>8.2f} "
                   f"{r['step_time_s']:>8.3f}")
         tmp = a.out.with_name(a.out.name + ".tmp")
         tmp.write_text(json.dumps(results, indent=1))

@@ -33,7 +33,7 @@ class LogConfig:
     wandb: bool = False
     wandb_project: str = "loom"
     wandb_mode: str = "offline"  # offline | online | disabled
-    peak_tflops: float = 0.0  # per device; 0: detect from the device name (CPU: MFU reported against 1 TFLOP/s)
+    peak_tflops: float = 0.0  # per device; 0: detect from the device name (CPU / unknown GPU: MFU null)
 
 
 def dense_params(c: LLMConfig) -> int:
@@ -54,7 +54,7 @@ def peak_tflops(device: torch.device, override: float = 0.0) -> float:
             if k in name:
                 return v
         return 0.0
-    return 1.0  # CPU: a nominal 1 TFLOP/s so the number is still comparable between CPU runs
+    return 0.0  # CPU: no meaningful peak; MFU is then reported as null (tflops stays, it is measured)
 
 
 def peak_memory_gb(device: torch.device) -> float:

@@ -494,7 +494,7 @@ class Trainer:
                         "step": self.step, "loss": rec["loss"], "ce": rec["ce"], "mse": rec["mse"],
                         "lr": self.scheduler.get_last_lr()[0], "grad_norm": rec["grad_norm"],
                         "tokens_per_s": tps, "tflops": flops / dt / 1e12,
-                        "mfu": flops / dt / 1e12 / (peak * info.world_size) if peak > 0 else 0.0,
+                        "mfu": flops / dt / 1e12 / (peak * info.world_size) if peak > 0 else None,  # no known peak
                         "mem_gb": mem, "samples": self.num_samples, "ce_tokens": rec["ce_tokens"],
                         "mse_tokens": rec["mse_tokens"], "skipped_steps": self.num_nonfinite,
                         "bad_samples": bad_total, "too_long": too_long_total,
