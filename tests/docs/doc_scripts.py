@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from doc_harness import ROOT, Session
+from doc_harness import ROOT, Session, split
 from doc_runners import _set, call, module_main, ok, script_main
 
 # script → how its README command is shrunk (flags set / replaced); outputs stay in the workspace
@@ -79,6 +79,25 @@ def run_demo(s: Session, argv: list[str]) -> None:
     assert rc in (0, 1), f"python -m loom.demo exited {rc}: {err[-2000:]}"  # 1: a 3-step model misses the bar
     out = s.path(argv[argv.index("--out") + 1] if "--out" in argv else "runs/demo")
     assert (out / "report.html").is_file() and (out / "metrics.json").is_file()
+
+
+def run_demo_followup(s: Session, cmd) -> None:
+    """`loom generate … --model runs/demo/model --config runs/demo/generation.yaml …`: the README's follow-ups on
+    the export of the (miniature) demo, run first if the session has none; the demo's own inputs and sampler file
+    as written, 2 timesteps, and a fixed plan in the world's wording (a 3-step model writes no usable plan)."""
+    from loom.__main__ import main
+
+    if not s.path("runs/demo/model").is_dir():
+        run_demo(s, ["--out", "runs/demo"])
+    argv = split(cmd.text, s.env)[1:]
+    argv = _set(_set(argv, "--timesteps", "2"), "--no-progress", None)
+    if argv[1] == "tutorial":
+        plan = s.ws / "world_plan.txt"
+        plan.write_text("Step 1: In the top left, draw a red circle.\n")
+        argv += ["--planner", "fixed", "--plan-file", str(plan)]
+    ok(*call(main, argv), f"loom {' '.join(argv)}")
+    out = s.path(argv[argv.index("--out") + 1])
+    assert (out / "result.json").is_file() and (out / "index.html").is_file()
 
 
 def run_check_reference(s: Session, argv: list[str]) -> None:

@@ -23,7 +23,7 @@ from doc_runners import (
     run_python,
     run_torchrun,
 )
-from doc_scripts import _t2i_parquet_inputs, run_api_example, run_python_block
+from doc_scripts import _t2i_parquet_inputs, run_api_example, run_demo_followup, run_python_block
 
 DOCS = ["README.md", "evals/README.md", "configs/train/README.md", "data/README.md"]
 SYNOPSIS = r"…|\[|\]|<\w+>|\bCONFIG\.yaml\b|\bSRC OUT\b|\|"  # placeholders: the command is shown, not run
@@ -84,6 +84,8 @@ COVER = [
     Cover(r"^loom (train|data validate) --[\w-]+$", run_help, "a flag named in prose: --help lists it"),
     Cover(r"^\S*/bin/loom serve\b", run_help, "a server that blocks: --help lists the flags shown (tests/app "
           "serves it)"),
+    Cover(r"^loom generate \w+ --model runs/demo/model ", run_demo_followup,
+          "on the miniature demo's export (run first if needed), its data and generation.yaml, 2 timesteps"),
     Cover(r"^loom ", lambda s, c: run_loom(s, split(c.text, s.env)[1:]),
           "in-process; generate: fixture model, 32 px, 2 timesteps, fixed plan (random weights write none); "
           "train: one tiny step; data validate: tiny manifests"),
